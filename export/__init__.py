@@ -1,0 +1,1 @@
+"""Export of adsrt bundles: ONNX (swap and branch modes), onnxsim, parity checks, TensorRT engines."""

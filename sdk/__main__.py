@@ -1,0 +1,7 @@
+"""``python -m adsrt`` is the ``adsrt`` command."""
+
+import sys
+
+from adsrt.cli import main
+
+sys.exit(main())

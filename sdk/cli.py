@@ -1,0 +1,199 @@
+"""The ``adsrt`` command line.
+
+Each subcommand is a small function that parses nothing itself: argparse does that (no
+``parse_known_args``, so a typo in an option is an error, not silently ignored). Errors that adsrt
+reports for bad input (:class:`adsrt.errors.AdsrtError`) become one line on stderr and exit code 1;
+argparse usage errors exit with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import adsrt
+from adsrt.errors import AdsrtError, ImageReadError, OutputError
+
+log = logging.getLogger("adsrt")
+
+
+# ------------------------------------------------------------------------------------------------ degrade
+
+
+def _file_rng(seed: int, name: str) -> np.random.Generator:
+    """One generator per file, keyed by its name, so a file degrades the same alone or in a folder."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def cmd_degrade(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, write_image
+    from adsrt.train.degradations import degrade, parse_specs
+
+    specs = parse_specs(args.kind)  # validates names and levels before any file is touched
+    src, dst = Path(args.input), Path(args.output)
+    if src.is_dir():
+        paths = list_images(src)
+        if not paths:
+            raise ImageReadError(f"{src}: no images in this folder")
+        if dst.exists() and not dst.is_dir():
+            raise OutputError(f"{dst}: input is a folder, so the output must be a folder")
+        dst.mkdir(parents=True, exist_ok=True)
+        suffix = args.ext if args.ext.startswith(".") else f".{args.ext}"
+        if suffix.lower() not in IMAGE_EXTENSIONS:
+            raise OutputError(f"unsupported --ext {args.ext!r}")
+        for path in tqdm(paths, desc=f"degrade {args.kind}", unit="img", disable=args.quiet):
+            image = read_image(path)
+            write_image(dst / f"{path.stem}{suffix}", degrade(image, specs, _file_rng(args.seed, path.name)))
+        print(f"{len(paths)} images degraded with {args.kind} -> {dst}")
+    else:
+        image = read_image(src)
+        write_image(dst, degrade(image, specs, _file_rng(args.seed, src.name)))
+        print(f"{src} degraded with {args.kind} -> {dst}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def _metric_pairs(restored: Path, reference: Path) -> list[tuple[str, Path, Path]]:
+    from adsrt.train.data import find_pairs
+
+    if restored.is_dir() != reference.is_dir():
+        raise AdsrtError("RESTORED and REFERENCE must both be files or both be folders")
+    if restored.is_dir():
+        return [(r.name, r, c) for r, c in find_pairs(restored, reference)]
+    return [(restored.name, restored, reference)]
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.imageio import read_image
+    from adsrt.metrics import score_pair
+
+    files = []
+    for name, restored_path, reference_path in _metric_pairs(Path(args.restored), Path(args.reference)):
+        restored, reference = read_image(restored_path), read_image(reference_path)
+        if restored.shape != reference.shape:
+            raise AdsrtError(f"{name}: size {restored.shape[:2]} differs from its reference {reference.shape[:2]}")
+        psnr, ssim = score_pair(restored, reference, protocol=args.protocol)
+        files.append({"name": name, "psnr": psnr, "ssim": ssim})
+    mean = {key: float(np.mean([f[key] for f in files])) for key in ("psnr", "ssim")}
+    width = max(len(f["name"]) for f in files + [{"name": "mean"}])
+    print(f"{'file':<{width}}  {'PSNR':>8}  {'SSIM':>7}   (protocol {args.protocol})")
+    for f in files + [{"name": "mean", **mean}]:
+        print(f"{f['name']:<{width}}  {f['psnr']:8.3f}  {f['ssim']:7.4f}")
+    if args.json:
+        write_json(args.json, {"protocol": args.protocol, "files": files, "mean": mean})
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import json
+
+    from adsrt.bundle import load_bundle, summarize
+    from adsrt.train.models import model_cost
+
+    bundle = load_bundle(args.bundle)
+    summary = summarize(bundle)
+    cost = model_cost(bundle.build_um(), args.height, args.width)
+    print(f"bundle        {args.bundle}")
+    print(f"backbone      nafnet {json.dumps(bundle.backbone.to_dict())}")
+    print(f"UM params     {summary.um_params:,}  ({cost.gmacs:.2f} GMACs at {args.width}x{args.height})")
+    print(f"classifier    {summary.classifier_params:,} params" if bundle.classifier else "classifier    none")
+    print(f"ADS           granularity {bundle.granularity}, q = {bundle.q:g}, {summary.eligible_units:,} eligible units")
+    print(f"input         {bundle.input.channel_order} {bundle.input.layout} in {list(bundle.input.value_range)}, "
+          f"padded to a multiple of {bundle.input.pad_multiple}")
+    print(f"{'degradation':<12}  {'units':>8}  {'of eligible':>11}  {'delta params':>12}  {'overhead':>8}")
+    for d in bundle.degradations:
+        units = summary.masked_units[d]
+        print(f"{d:<12}  {units:>8,}  {units / summary.eligible_units:>10.2%}  "
+              f"{summary.delta_params[d]:>12,}  {summary.overhead(d):>8.2%}")
+    print(f"{'all':<12}  {sum(summary.masked_units.values()):>8,}  {'':>11}  "
+          f"{summary.total_delta_params:>12,}  {summary.overhead():>8.2%}")
+    if bundle.metrics:
+        print(f"metrics       {json.dumps(bundle.metrics)}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    # The default bundle is trained and shipped by a later release; until then there is nothing to demo,
+    # and saying so beats restoring with untrained weights.
+    raise AdsrtError(
+        "no bundled default model is present in this install of adsrt yet; "
+        "nothing to demo (train one with `adsrt train all` once available, or pass a bundle to `adsrt info`)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adsrt", description="All-in-one image and video restoration for edge devices.")
+    parser.add_argument("--version", action="version", version=f"adsrt {adsrt.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only; no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("degrade", help="degrade an image or a folder of images (synthetic test data)")
+    p.add_argument("input", metavar="IN", help="image file or folder of images")
+    p.add_argument("output", metavar="OUT", help="output file, or folder when IN is a folder")
+    p.add_argument("--kind", required=True, metavar="NAME[:LEVEL]",
+                   help="noise, blur, rain, haze, snow, lowlight or mix, with an optional level (noise:25); "
+                        "'+' composes (noise:15+blur:2); without a level one is drawn from the training range")
+    p.add_argument("--seed", type=int, default=0, help="random seed (each file draws from seed and its name)")
+    p.add_argument("--ext", default=".png", help="output format for folders (default .png: lossless)")
+    p.set_defaults(func=cmd_degrade)
+
+    p = sub.add_parser("metrics", help="PSNR/SSIM of restored images against references")
+    p.add_argument("restored", metavar="RESTORED", help="image file or folder")
+    p.add_argument("reference", metavar="REFERENCE", help="image file or folder (matched by file name stem)")
+    p.add_argument("--protocol", choices=("adsrt", "peers"), default="adsrt",
+                   help="adsrt: RGB in [0,1], Gaussian SSIM, no crop; peers: scikit-image conventions, "
+                        "centre crop to a multiple of 16 (AirNet/PromptIR/IDR tables)")
+    p.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
+    p.set_defaults(func=cmd_metrics)
+
+    p = sub.add_parser("info", help="describe a bundle: degradations, parameters, ADS overhead")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (.safetensors)")
+    p.add_argument("--height", type=int, default=720, help="frame height for the FLOP count (default 720)")
+    p.add_argument("--width", type=int, default=1280, help="frame width for the FLOP count (default 1280)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="restore degraded sample photos with the bundled default model")
+    p.add_argument("--out", metavar="DIR", default="adsrt-demo", help="folder for the result grid")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except AdsrtError as exc:
+        print(f"adsrt {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"adsrt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Exceptions that adsrt raises for bad input; the CLI turns them into a message and exit code 1."""
+
+
+class AdsrtError(Exception):
+    """Base class of every error adsrt reports to the user (bad input, corrupt files, mismatches)."""
+
+
+class ImageReadError(AdsrtError):
+    """An image file is missing, unreadable or in a layout adsrt cannot convert."""
+
+
+class OutputError(AdsrtError):
+    """An output cannot be written (bad extension, missing or unwritable folder, encoder failure)."""
+
+
+class BundleError(AdsrtError):
+    """A bundle file is missing, truncated, foreign, of another format version, or inconsistent."""
+
+
+class DegradationError(AdsrtError, ValueError):
+    """Unknown degradation name or a level outside its documented range."""
+
+
+class DataError(AdsrtError):
+    """A data folder is empty, holds unreadable images, or its pairs do not match."""
+
+
+class MetricError(AdsrtError, ValueError):
+    """Images that cannot be scored: mismatched shapes, non-finite values, too small, bad options."""

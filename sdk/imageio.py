@@ -1,0 +1,105 @@
+"""Reading and writing still images with one contract: RGB, uint8, HxWx3, written atomically.
+
+Input layouts are converted, never silently misread:
+
+- grayscale (HxW or HxWx1) is replicated to three channels;
+- RGBA / BGRA has its alpha channel dropped (a warning is logged: transparent pixels keep their colour);
+- 16-bit images are scaled to 8 bits (``round(v / 257)``), float images (EXR/TIFF) in [0, 1] are
+  scaled by 255 and clipped.
+
+Anything else (unreadable bytes, 2-channel images, empty files) raises :class:`ImageReadError`.
+Outputs are encoded in memory, written to a temporary file beside the target and renamed, so a failed
+write never leaves a half file under the final name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from adsrt.errors import ImageReadError, OutputError
+from adsrt.fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder`` (not recursive), sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{folder}: not a folder")
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
+
+
+def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False, source: str = "image") -> np.ndarray:
+    """Convert a decoded array (gray, RGB(A)/BGR(A), uint8/uint16/float) to RGB uint8 HxWx3."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageReadError(f"{source}: expected an HxW or HxWxC image, got shape {image.shape}")
+    channels = image.shape[2]
+    if channels == 4:
+        log.warning("%s: alpha channel dropped (RGBA -> RGB)", source)
+        image = image[:, :, :3]
+    elif channels not in (1, 3):
+        raise ImageReadError(f"{source}: {channels}-channel images are not supported (use 1, 3 or 4)")
+
+    if image.dtype == np.uint8:
+        pass
+    elif image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ImageReadError(f"{source}: float image holds NaN or infinite values")
+        image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    else:
+        raise ImageReadError(f"{source}: unsupported pixel type {image.dtype}")
+
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif bgr:
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as RGB uint8 HxWx3 (see the module docstring for conversions)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageReadError(f"{path}: empty file")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageReadError(f"{path}: not a readable image (unknown format or corrupt data)")
+    return to_rgb_uint8(image, bgr=image.ndim == 3 and image.shape[2] >= 3, source=str(path))
+
+
+def encode_image(image: np.ndarray, suffix: str) -> bytes:
+    """Encode an RGB uint8 HxWx3 array in the format named by ``suffix`` (e.g. '.png')."""
+    if suffix.lower() not in IMAGE_EXTENSIONS:
+        raise OutputError(f"unsupported output extension {suffix!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise OutputError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image[:, :, ::-1]), params)
+    if not ok:
+        raise OutputError(f"OpenCV could not encode a {suffix} image")
+    return buf.tobytes()
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write an RGB uint8 HxWx3 image; the format follows the file extension. Atomic."""
+    path = Path(path)
+    atomic_write_bytes(path, encode_image(image, path.suffix))

@@ -1,0 +1,79 @@
+"""Image reading conversions and atomic writes."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from adsrt.errors import ImageReadError, OutputError
+from adsrt.imageio import list_images, read_image, write_image
+
+
+def test_png_round_trip_is_exact_and_rgb(tmp_path, photo):
+    write_image(tmp_path / "a.png", photo)
+    back = read_image(tmp_path / "a.png")
+    assert back.dtype == np.uint8 and np.array_equal(back, photo)
+    # The file itself is BGR-on-disk the OpenCV way; reading it with OpenCV directly proves the channel order.
+    assert np.array_equal(cv2.imread(str(tmp_path / "a.png"))[:, :, ::-1], photo)
+
+
+def test_conversions(tmp_path, photo):
+    gray = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    got = read_image(tmp_path / "gray.png")
+    assert got.shape == photo.shape and np.array_equal(got[:, :, 0], gray) and np.array_equal(got[:, :, 2], gray)
+
+    rgba = np.dstack([photo[:, :, ::-1], np.full(photo.shape[:2], 128, np.uint8)])
+    cv2.imwrite(str(tmp_path / "rgba.png"), rgba)
+    assert np.array_equal(read_image(tmp_path / "rgba.png"), photo)
+
+    wide = photo.astype(np.uint16) * 257  # 16-bit of the same picture
+    cv2.imwrite(str(tmp_path / "deep.png"), wide[:, :, ::-1])
+    assert np.array_equal(read_image(tmp_path / "deep.png"), photo)
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 40])
+def test_unreadable_files(tmp_path, content):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match="bad.png"):
+        read_image(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "none.png")
+    with pytest.raises(ImageReadError, match="not a folder"):
+        list_images(tmp_path / "none")
+
+
+def test_write_errors_leave_nothing(tmp_path, photo):
+    with pytest.raises(OutputError, match="extension"):
+        write_image(tmp_path / "a.xyz", photo)
+    with pytest.raises(OutputError, match="does not exist"):
+        write_image(tmp_path / "missing" / "a.png", photo)
+    with pytest.raises(OutputError, match="RGB uint8"):
+        write_image(tmp_path / "a.png", photo.astype(np.float32))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_folder(tmp_path, photo):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(OutputError, match="cannot write"):
+            write_image(folder / "a.png", photo)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_list_images_filters_and_sorts(tmp_path, photo):
+    for name in ["b.jpg", "a.PNG", "c.txt"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub.png").mkdir()
+    assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg"]

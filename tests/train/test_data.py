@@ -1,0 +1,116 @@
+"""Datasets: on-the-fly degradation with labels, paired folders, and clear errors for bad folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adsrt.errors import DataError
+from adsrt.imageio import write_image
+from adsrt.train.data import DegradedImageDataset, PairedImageDataset, find_pairs, to_image, to_tensor
+from adsrt.train.degradations import degrade
+
+
+@pytest.fixture
+def clean_dir(tmp_path, photo):
+    folder = tmp_path / "clean"
+    folder.mkdir()
+    write_image(folder / "a.png", photo[:96, :128])
+    write_image(folder / "b.jpg", photo[96:, 128:])
+    write_image(folder / "small.bmp", photo[:40, :50])  # smaller than the crop: reflect-padded
+    return folder
+
+
+def test_samples_are_degraded_crops_with_labels(clean_dir):
+    ds = DegradedImageDataset(clean_dir, ["noise:25", "blur", "rain"], crop_size=64, samples_per_epoch=12, seed=3)
+    assert len(ds) == 12 and ds.clean_label == 3
+    labels = set()
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s["input"].shape == s["target"].shape == (3, 64, 64)
+        assert s["input"].dtype == torch.float32 and 0 <= s["input"].min() and s["input"].max() <= 1
+        assert 0 <= int(s["label"]) < 3
+        assert not torch.equal(s["input"], s["target"])
+        labels.add(int(s["label"]))
+        if int(s["label"]) == 0:
+            assert float(s["level"]) == 25.0
+            # the label really is noise at sigma 25: residual std on the 0-255 scale
+            assert abs(float((s["input"] - s["target"]).std()) * 255 - 25) < 4
+    assert len(labels) > 1
+
+
+def test_samples_are_deterministic_per_seed_epoch_index(clean_dir):
+    a = DegradedImageDataset(clean_dir, ["noise", "haze"], crop_size=32, seed=1)
+    b = DegradedImageDataset(clean_dir, ["noise", "haze"], crop_size=32, seed=1)
+    for i in range(len(a)):
+        assert torch.equal(a[i]["input"], b[i]["input"]) and torch.equal(a[i]["target"], b[i]["target"])
+    first = a[0]["input"].clone()
+    a.set_epoch(1)
+    assert not torch.equal(a[0]["input"], first)
+
+
+def test_clean_fraction_yields_clean_class(clean_dir):
+    ds = DegradedImageDataset(clean_dir, ["blur"], crop_size=32, samples_per_epoch=40, clean_fraction=0.5)
+    clean = [s for s in (ds[i] for i in range(len(ds))) if int(s["label"]) == ds.clean_label]
+    assert 5 < len(clean) < 35
+    for s in clean:
+        assert torch.equal(s["input"], s["target"]) and float(s["level"]) == 0.0
+
+
+def test_bad_folders(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        DegradedImageDataset(tmp_path / "none", ["noise"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images"):
+        DegradedImageDataset(tmp_path / "empty", ["noise"])
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="x.png"):
+        DegradedImageDataset(tmp_path / "broken", ["noise"])
+
+
+def test_bad_specs(clean_dir):
+    from adsrt.errors import DegradationError
+
+    with pytest.raises(DegradationError):
+        DegradedImageDataset(clean_dir, ["fog"])
+    with pytest.raises(DataError, match="one degradation per class"):
+        DegradedImageDataset(clean_dir, ["noise+blur"])
+    with pytest.raises(DataError, match="clean_fraction"):
+        DegradedImageDataset(clean_dir, ["noise"], clean_fraction=1.0)
+
+
+def test_paired_dataset_matches_by_stem(tmp_path, photo):
+    deg, clean = tmp_path / "deg", tmp_path / "clean"
+    deg.mkdir(), clean.mkdir()
+    for i, name in enumerate(["x", "y"]):
+        img = photo[i * 40 : i * 40 + 48, :64]
+        write_image(clean / f"{name}.png", img)
+        write_image(deg / f"{name}.png", degrade(img, "noise:15", 0))
+    write_image(clean / "z.jpg", photo[:48, :64])
+    write_image(deg / "z.png", photo[:48, :64])
+    ds = PairedImageDataset(deg, clean, label=2)
+    assert [s["name"] for s in ds] == ["x", "y", "z"]
+    s = ds[0]
+    assert s["input"].shape == (3, 48, 64) and int(s["label"]) == 2
+    assert np.array_equal(to_image(s["target"]), photo[:48, :64])
+    assert np.array_equal(to_image(to_tensor(photo)), photo)
+
+
+def test_paired_errors(tmp_path, photo):
+    deg, clean = tmp_path / "deg", tmp_path / "clean"
+    deg.mkdir(), clean.mkdir()
+    write_image(deg / "a.png", photo[:32, :32])
+    write_image(clean / "b.png", photo[:32, :32])
+    with pytest.raises(DataError, match="unmatched"):
+        find_pairs(deg, clean)
+    write_image(deg / "b.png", photo[:32, :40])
+    write_image(clean / "a.png", photo[:32, :32])
+    with pytest.raises(DataError, match="size mismatch"):
+        PairedImageDataset(deg, clean)
+    write_image(clean / "a.jpg", photo[:32, :32])
+    with pytest.raises(DataError, match="share the name"):
+        find_pairs(deg, clean)
+    with pytest.raises(DataError, match="does not exist"):
+        find_pairs(tmp_path / "nope", clean)

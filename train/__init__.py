@@ -1,0 +1,1 @@
+"""Training side of adsrt: degradations, datasets, metrics, backbones and the ADMS training stages."""

@@ -1,0 +1,207 @@
+"""Datasets for training and evaluation.
+
+- :class:`DegradedImageDataset`: clean photos from a folder, random crop + horizontal flip, degraded on
+  the fly by one of the given degradation specs (the label is its index; with ``clean_fraction`` > 0,
+  some samples stay clean and get the extra label ``len(specs)``, the classifier's clean/unknown class).
+- :class:`PairedImageDataset`: a folder of degraded images and a folder of clean ones, matched by file
+  stem, for evaluation on fixed pairs.
+
+Every sample is a dict of float32 CHW tensors in [0, 1] (``input``, ``target``) plus ``label`` and
+``level``. Samples are deterministic for a given (seed, epoch, index), also across DataLoader workers.
+Images are decoded once, up front, so a bad file fails the constructor with its name instead of
+crashing a training run hours later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from adsrt.errors import DataError, ImageReadError
+from adsrt.imageio import list_images, read_image
+from adsrt.train.degradations import DegradationSpec, degrade, parse_specs, sample_level
+
+log = logging.getLogger(__name__)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped)."""
+    array = tensor.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
+    return np.ascontiguousarray(array.transpose(1, 2, 0))
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[list[Path], list[np.ndarray]]:
+    """Decode every image of ``folder``; DataError for a missing/empty folder or an unreadable file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist")
+    paths = list_images(folder)
+    if not paths:
+        raise DataError(f"{folder}: no images (.png, .jpg, .tif, .bmp, .webp) in this folder")
+    images = []
+    for path in paths:
+        try:
+            images.append(read_image(path))
+        except ImageReadError as exc:
+            raise DataError(f"unreadable training image: {exc}") from exc
+    return paths, images
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` x ``size`` crop at a random position; smaller images are reflect-padded first."""
+    h, w = image.shape[:2]
+    if h < size or w < size:
+        pad_h, pad_w = max(0, size - h), max(0, size - w)
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        h, w = image.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return image[top : top + size, left : left + size]
+
+
+class DegradedImageDataset(Dataset):
+    """Random crops of clean photos, degraded on the fly, with the degradation's class label."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        specs: Sequence[str | DegradationSpec],
+        *,
+        crop_size: int = 128,
+        samples_per_epoch: int | None = None,
+        clean_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not specs:
+            raise DataError("no degradations given")
+        self.specs: list[DegradationSpec] = [
+            s if isinstance(s, DegradationSpec) else _single_spec(s) for s in specs
+        ]
+        if crop_size < 8:
+            raise DataError(f"crop_size must be at least 8, got {crop_size}")
+        if not 0.0 <= clean_fraction < 1.0:
+            raise DataError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
+        self.paths, self.images = load_folder(folder)
+        self.crop_size = crop_size
+        self.samples_per_epoch = samples_per_epoch or len(self.images)
+        self.clean_fraction = clean_fraction
+        self.seed = seed
+        self.epoch = 0
+        log.info("%s: %d clean images, specs %s", folder, len(self.images), [str(s) for s in self.specs])
+
+    @property
+    def clean_label(self) -> int:
+        return len(self.specs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new crops and degradations for another pass (call once per epoch, like DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        clean = random_crop(self.images[index % len(self.images)], self.crop_size, rng)
+        if rng.random() < 0.5:
+            clean = clean[:, ::-1]
+        clean = np.ascontiguousarray(clean)
+        if rng.random() < self.clean_fraction:
+            label, level, degraded = self.clean_label, 0.0, clean
+        else:
+            label = int(rng.integers(len(self.specs)))
+            spec = self.specs[label]
+            if spec.level is None:
+                spec = DegradationSpec(spec.name, sample_level(spec.name, rng))
+            level = float(spec.level)
+            degraded = degrade(clean, spec, rng)
+        return {
+            "input": to_tensor(degraded),
+            "target": to_tensor(clean),
+            "label": torch.tensor(label),
+            "level": torch.tensor(level, dtype=torch.float32),
+        }
+
+
+def _single_spec(text: str) -> DegradationSpec:
+    specs = parse_specs(text)
+    if len(specs) != 1:
+        raise DataError(f"{text!r}: one degradation per class (compose with 'mix' instead of '+')")
+    return specs[0]
+
+
+def find_pairs(degraded_dir: str | os.PathLike, clean_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """Match degraded and clean images by file stem (so ``a.png`` pairs with ``a.jpg``).
+
+    Raises DataError when either folder is empty, a stem is ambiguous, or any file lacks a partner.
+    """
+    sides = {}
+    for label, folder in (("degraded", degraded_dir), ("clean", clean_dir)):
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DataError(f"{folder}: {label} folder does not exist")
+        paths = list_images(folder)
+        if not paths:
+            raise DataError(f"{folder}: no images in the {label} folder")
+        by_stem: dict[str, Path] = {}
+        for p in paths:
+            if p.stem in by_stem:
+                raise DataError(f"{folder}: two images share the name {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
+            by_stem[p.stem] = p
+        sides[label] = by_stem
+    degraded, clean = sides["degraded"], sides["clean"]
+    only_degraded = sorted(degraded.keys() - clean.keys())
+    only_clean = sorted(clean.keys() - degraded.keys())
+    if only_degraded or only_clean:
+        raise DataError(
+            f"unmatched pairs: {len(only_degraded)} degraded without clean {only_degraded[:5]}, "
+            f"{len(only_clean)} clean without degraded {only_clean[:5]}"
+        )
+    return [(degraded[s], clean[s]) for s in sorted(degraded)]
+
+
+class PairedImageDataset(Dataset):
+    """Fixed (degraded, clean) pairs from two folders, matched by stem; whole images, no augmentation."""
+
+    def __init__(self, degraded_dir: str | os.PathLike, clean_dir: str | os.PathLike, label: int = -1) -> None:
+        self.pairs = find_pairs(degraded_dir, clean_dir)
+        self.label = label
+        # Decode everything up front: evaluation sets are small, and a bad pair fails here, by name.
+        self.images: list[tuple[np.ndarray, np.ndarray]] = []
+        for degraded_path, clean_path in self.pairs:
+            d, c = self._read(degraded_path), self._read(clean_path)
+            if d.shape != c.shape:
+                raise DataError(f"size mismatch: {degraded_path.name} is {d.shape[:2]}, {clean_path.name} is {c.shape[:2]}")
+            self.images.append((d, c))
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
+        try:
+            return read_image(path)
+        except ImageReadError as exc:
+            raise DataError(str(exc)) from exc
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
+        degraded, clean = self.images[index]
+        return {
+            "input": to_tensor(degraded),
+            "target": to_tensor(clean),
+            "label": torch.tensor(self.label),
+            "name": self.pairs[index][0].stem,
+        }
