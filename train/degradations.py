@@ -33,7 +33,8 @@ Models and levels
              The depth proxy d (see :func:`haze_depth`) blends a vertical gradient (top of the frame
              is far), the heavily smoothed luminance (bright, flat regions such as sky read as far,
              dark foreground as near) and a random low-frequency field, normalized, raised to the
-             power 1.5 (depth grows towards the horizon) and mapped to [near, 1], near in [0, 0.2]. A is near-grey in [0.75, 1.0].
+             power 1.5 (depth grows towards the horizon) and mapped to [near, 1], near in [0, 0.2].
+             A is near-grey in [0.75, 1.0].
              level = beta (scattering coefficient per unit of d); valid [0.2, 4], train [0.5, 2.5],
              default 1.5.
 ``snow``     a whitish veil (``x (1 - v) + v A``) then a flake layer F composited as
@@ -400,7 +401,7 @@ def _rain_layer(h: int, w: int, level: float, rng: np.random.Generator) -> np.nd
     base_length = 12.0 + 20.0 * t
     seeds = np.where(u < density, brightness, 0.0).astype(np.float32)
     layer = np.zeros((h, w), dtype=np.float32)
-    # Three length classes (near drops streak longer); each gets a tiny angle jitter so rain is not ruled lines.
+    # Three length classes (near drops streak longer), each with a tiny angle jitter: not ruled lines.
     for g, scale in enumerate((0.5, 1.0, 1.6)):
         kernel = _streak_kernel(base_length * scale, angle + float(jitter[g]), width=0.45)
         layer += cv2.filter2D(
@@ -446,8 +447,9 @@ def haze_depth(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     A blend of ``0.6 *`` a vertical gradient (the top of the frame is far), ``0.25 *`` the luminance
     smoothed at about 1/16 of the frame (bright, flat regions such as sky or a lit wall read as far,
     dark foreground objects as near) and ``0.15 *`` a random low-frequency field (patchy fog), then
-    normalized to [0, 1], raised to the power 1.5 and mapped to ``[near, 1]`` with ``near`` uniform in [0, 0.2]: the farthest point always gets
-    ``t = exp(-beta)``, the nearest almost none of the fog, so beta means the same on every photo.
+    normalized to [0, 1], raised to the power 1.5 and mapped to ``[near, 1]`` with ``near`` uniform
+    in [0, 0.2]: the farthest point always gets ``t = exp(-beta)``, the nearest almost none of the
+    fog, so beta means the same on every photo.
     """
     x = _to_float(image)
     h, w = x.shape[:2]

@@ -393,7 +393,9 @@ def test_motion_kernel_geometry() -> None:
     diag = motion_kernel(7.0, 45.0)
     i, j = np.indices(diag.shape)
     assert diag[np.abs(i + j - (diag.shape[0] - 1)) <= 1].sum() > 0.99
-    assert diag[np.abs(i - j) <= 1].sum() < 0.2
+    c = diag.shape[0] // 2
+    assert diag[:c, c + 1 :].sum() > 0.3 and diag[c + 1 :, :c].sum() > 0.3  # top-right and bottom-left
+    assert diag[:c, :c].sum() + diag[c + 1 :, c + 1 :].sum() < 1e-3
 
 
 def test_kernel_errors() -> None:
