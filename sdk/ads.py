@@ -96,7 +96,7 @@ class UnitLayout:
             o, i = units // self.in_channels, units % self.in_channels
             return (i * out_ch + o) * k + kernel_pos
         in_pos = torch.arange(self.in_channels, dtype=torch.int64, device=units.device)
-        return ((in_pos[:, None] * out_ch + units[:, :, None]) * k + kernel_pos).reshape(len(units), -1)
+        return ((in_pos[:, None] * out_ch + units[:, :, None]) * k + kernel_pos).reshape(len(units), self.unit_numel)
 
 
 @dataclass

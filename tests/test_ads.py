@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from adsrt.ads import (
@@ -40,6 +42,23 @@ def test_element_offsets_address_the_unit(shape, granularity, transposed):
         assert torch.equal(got[u], unit_slice(weight, layout, u).reshape(-1)), u
     # every element belongs to exactly one unit
     assert sorted(layout.element_offsets(units).reshape(-1).tolist()) == list(range(layout.numel))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4), st.integers(1, 4)),
+    granularity=st.sampled_from(["kernel", "filter"]),
+    transposed=st.booleans(),
+    data=st.data(),
+)
+def test_element_offsets_of_random_unit_subsets(shape, granularity, transposed, data):
+    layout = UnitLayout("w", shape, transposed, granularity)
+    units = data.draw(st.lists(st.integers(0, layout.n_units - 1), unique=True, max_size=layout.n_units))
+    weight = torch.randn(shape)
+    got = gather_units(weight, layout, torch.tensor(units, dtype=torch.int64))
+    assert got.shape == (len(units), layout.unit_numel)
+    for row, u in enumerate(units):
+        assert torch.equal(got[row], unit_slice(weight, layout, u).reshape(-1))
 
 
 def test_eligible_convs_cover_every_conv_and_nothing_else():
