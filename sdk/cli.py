@@ -133,8 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The default bundle is trained and shipped by a later release; until then there is nothing to demo,
     # and saying so beats restoring with untrained weights.
     raise AdsrtError(
-        "no bundled default model is present in this install of adsrt yet; "
-        "nothing to demo (train one with `adsrt train all` once available, or pass a bundle to `adsrt info`)"
+        "no bundled default model is present in this version of adsrt (it ships with the release that "
+        "trains it), so there is nothing to demo yet; `adsrt degrade` and `adsrt metrics` work without one"
     )
 
 
