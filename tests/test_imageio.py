@@ -60,8 +60,13 @@ def test_write_errors_leave_nothing(tmp_path, photo):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
 def test_unwritable_folder(tmp_path, photo):
+    if os.geteuid() == 0:  # root writes into read-only folders; sysfs refuses new files even to root
+        if not os.path.isdir("/sys"):
+            pytest.skip("running as root on a system without /sys: no unwritable folder to test with")
+        with pytest.raises(OutputError, match="cannot write"):
+            write_image("/sys/adsrt-test.png", photo)
+        return
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
