@@ -19,6 +19,7 @@ import numpy as np
 
 import adsrt
 from adsrt.errors import AdsrtError, ImageReadError, OutputError
+from adsrt.train.cli_train import add_train_commands
 
 log = logging.getLogger("adsrt")
 
@@ -138,6 +139,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+# -------------------------------------------------------------------------------------------------- bench
+
+
+def cmd_bench_swap(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.kernels.swap_benchmark import SwapBenchConfig, run_swap_benchmark
+
+    config = SwapBenchConfig(
+        backbone=args.backbone,
+        device=args.device,
+        dtype=args.dtype,
+        backend=args.backend,
+        iters=args.iters,
+        progress=not args.quiet,
+    )
+    result = run_swap_benchmark(config)
+    print(result.table())
+    if args.json:
+        write_json(args.json, result.to_json())
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -176,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="restore degraded sample photos with the bundled default model")
     p.add_argument("--out", metavar="DIR", default="adsrt-demo", help="folder for the result grid")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="latency benchmarks")
+    bench = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    p = bench.add_parser("swap", help="fused ADS weight update vs an empty launch, a naive per-layer update "
+                                      "and load_state_dict (default model, random sparse deltas)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--json", metavar="OUT", help="also write the timings and ratios as JSON")
+    # For tests and quick looks; the recorded numbers use the defaults.
+    p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
+    p.add_argument("--iters", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench_swap)
+
+    add_train_commands(sub)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""`adsrt train all --preset tiny` end to end on CPU, the classifier stage, and CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import pytest
+
+from adsrt.bundle import load_bundle, summarize
+from adsrt.cli import main
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        image = cv2.resize(getattr(data, name)(), (80, 64), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"{name}.png"), image[:, :, ::-1])
+    return folder
+
+
+def test_train_all_tiny_end_to_end(photos, tmp_path, capsys):
+    work, bundle_path = tmp_path / "work", tmp_path / "model.safetensors"
+    argv = ["-q", "train", "all", "--data", str(photos), "--degradations", "noise,blur,rain", "--out",
+            str(bundle_path), "--work", str(work), "--preset", "tiny"]
+    assert main(argv) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.degradations == ["noise", "blur", "rain"] and bundle.q == 0.03 and bundle.granularity == "kernel"
+    assert bundle.classifier is not None and bundle.classifier.num_classes == 4
+    summary = summarize(bundle)
+    for d in bundle.degradations:
+        assert summary.masked_units[d] == round(0.03 * summary.eligible_units)
+        m = bundle.metrics["per_degradation"][d]
+        assert {"input", "um", "ads", "im"} <= set(m) and m["masked_units"] == summary.masked_units[d]
+    assert bundle.provenance["preset"] == "tiny" and bundle.provenance["degradations"] == ["noise", "blur", "rain"]
+    assert 0.0 <= bundle.metrics["classifier_accuracy"] <= 1.0
+    report = json.loads((work / "classifier" / "report.json").read_text())
+    assert len(report["confusion"]) == 4 and sum(map(sum, report["confusion"])) == report["n"]
+
+    # Rerun with a parameter budget: UM, targets and classifier are reused, only masks and deltas are new.
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("model.safetensors")}
+    assert main([*argv, "--budget", "params"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("model.safetensors")} == stamps
+    bundle = load_bundle(bundle_path)
+    summary = summarize(bundle)
+    for d in bundle.degradations:
+        assert 0 < summary.overhead(d) <= 0.03  # at most q of the parameters per degradation
+    assert "bundle ->" in capsys.readouterr().out
+
+
+def test_classifier_stage_reports_accuracy_and_confusion(photos, tmp_path, capsys):
+    report_path = tmp_path / "report.json"
+    argv = ["-q", "train", "classifier", "--data", str(photos), "--out", str(tmp_path / "dc"), "--degradations",
+            "noise,rain", "--input-size", "32", "--width", "4", "--depth", "2", "--crop-size", "48", "--steps", "4",
+            "--batch-size", "6", "--val-samples", "12", "--workers", "0", "--json", str(report_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["classes"] == ["noise", "rain", "clean"] and report["n"] == 12
+    assert sum(map(sum, report["confusion"])) == 12
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out and "clean" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--degradations", "noise,fog"], "unknown degradation 'fog'"),
+        (["--q", "0.7"], "q must be in (0, 0.5]"),
+    ],
+)
+def test_train_all_bad_input_exits_1(photos, tmp_path, capsys, extra, message):
+    argv = ["-q", "train", "all", "--data", str(photos), "--out", str(tmp_path / "b.safetensors"), "--work",
+            str(tmp_path / "w"), "--preset", "tiny", *extra]
+    assert main(argv) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_empty_data_folder_exits_1(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    argv = ["train", "um", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--backbone", "nafnet-tiny"]
+    assert main(argv) == 1
+    assert "no images" in capsys.readouterr().err

@@ -1,0 +1,233 @@
+"""``adsrt train ...``: the training stages on the command line (parsers and thin command functions).
+
+Every command builds the stage's dataclass config from its options and calls the stage function;
+options left unset keep the config's default. Errors are :class:`adsrt.errors.AdsrtError`, which
+``adsrt.cli.main`` turns into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. noise,blur,rain")
+    return items
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The options the user set (argparse default None means: keep the config's default)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+_RESTORER_OPTS = ("steps", "batch_size", "crop_size", "lr", "min_lr", "warmup_steps", "weight_decay", "loss",
+                  "ema_decay", "grad_clip", "val_every", "val_samples", "ckpt_every", "samples_per_epoch", "workers",
+                  "seed", "device")
+
+
+def _add_restorer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors, last.pt, log.csv)")
+    p.add_argument("--steps", type=int, help="optimizer steps (cosine schedule over them)")
+    p.add_argument("--batch-size", type=int, help="batch size per process")
+    p.add_argument("--crop-size", type=int, help="training crop size in px")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
+    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--loss", choices=("l1", "psnr"))
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights that are validated and saved")
+    p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
+    p.add_argument("--val-every", type=int, help="validate every N steps")
+    p.add_argument("--val-samples", type=int, help="held-out crops for validation")
+    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--samples-per-epoch", type=int)
+    p.add_argument("--workers", type=int, help="data loader workers per process")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
+                   help="start over even if OUT/last.pt exists")
+
+
+def _restorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kw = _given(args, _RESTORER_OPTS + ("amp", "resume"))
+    return {**kw, "data": args.data, "out": args.out, "progress": not args.quiet}
+
+
+def _print_val(metrics: dict[str, Any]) -> None:
+    print(f"val PSNR {metrics['psnr']:.2f} dB (input {metrics['input_psnr']:.2f} dB) after step {metrics['step']}")
+    for name, m in metrics["per_degradation"].items():
+        print(f"  {name:<12} input {m['input']:6.2f}  output {m['output']:6.2f}  (n={m['n']})")
+
+
+def cmd_um(args: argparse.Namespace) -> int:
+    from adsrt.train import distributed
+    from adsrt.train.um import UMConfig, train_um
+
+    kw = _restorer_kwargs(args) | _given(args, ("degradations", "backbone"))
+    try:
+        metrics = train_um(UMConfig(**kw))
+        if metrics:
+            _print_val(metrics)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def cmd_target(args: argparse.Namespace) -> int:
+    from adsrt.train import distributed
+    from adsrt.train.um import TargetConfig, train_target
+
+    try:
+        metrics = train_target(TargetConfig(um=args.um, degradation=args.degradation, **_restorer_kwargs(args)))
+        if metrics:
+            _print_val(metrics)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from adsrt.train.select import SelectConfig, run_select
+
+    kw = _given(args, ("data", "selector", "q", "granularity", "budget", "path_steps", "n_images", "batch_size", "crop_size",
+                       "loss", "seed", "device"))
+    header = run_select(SelectConfig(um=args.um, target=args.target, degradation=args.degradation, out=args.out, **kw))
+    print(f"{header['degradation']}: {header['selector']} selected {header['selected_units']} of "
+          f"{header['eligible_units']} {header['granularity']} units (q = {header['q']:g}) -> {args.out}")
+    return 0
+
+
+def cmd_deltas(args: argparse.Namespace) -> int:
+    from adsrt.train.deltas import DeltasConfig, build_deltas
+
+    kw = _given(args, ("data", "refine_steps", "batch_size", "crop_size", "lr", "loss", "val_samples", "seed", "device"))
+    header = build_deltas(DeltasConfig(um=args.um, target=args.target, masks=args.masks, out=args.out, **kw))
+    print(f"{header['degradation']}: delta on {header['masked_units']} units, {header['delta_params']} values "
+          f"(refined: {header['refined']}) -> {args.out}")
+    if "val" in header:
+        print("  val PSNR " + ", ".join(f"{k} {v:.2f}" for k, v in header["val"].items()))
+    return 0
+
+
+def cmd_classifier(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.train.classifier import ClassifierTrainConfig, format_confusion, train_classifier
+
+    kw = _given(args, ("degradations", "input_size", "width", "depth", "crop_size", "steps", "batch_size", "lr",
+                       "clean_fraction", "val_samples", "workers", "seed", "device"))
+    report = train_classifier(ClassifierTrainConfig(data=args.data, out=args.out, progress=not args.quiet, **kw))
+    print(f"held-out accuracy {report['accuracy']:.3f} on {report['n']} crops")
+    print(format_confusion(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    from adsrt.train import distributed
+    from adsrt.train.pipeline import PipelineConfig, train_all
+
+    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "seed", "device"))
+    try:
+        metrics = train_all(PipelineConfig(data=args.data, out=args.out, work=args.work, progress=not args.quiet, **kw))
+    finally:
+        distributed.shutdown()
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+        print(f"bundle -> {args.out}")
+    return 0
+
+
+def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``adsrt train {um,target,select,deltas,classifier,all}``."""
+    train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
+    sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    p = sub.add_parser("um", help="train the unified model on a mix of degradations (works under torchrun)")
+    _add_restorer_options(p)
+    p.add_argument("--degradations", type=_csv, help="comma-separated name[:level] (default noise,blur,rain)")
+    p.add_argument("--backbone", help="nafnet-tiny, nafnet-small or nafnet-edge (default)")
+    p.set_defaults(func=cmd_um)
+
+    p = sub.add_parser("target", help="fine-tune a copy of the UM on one degradation (the IM upper bound)")
+    _add_restorer_options(p)
+    p.add_argument("--um", required=True, metavar="WEIGHTS", help="the UM's model.safetensors")
+    p.add_argument("--degradation", required=True, metavar="NAME[:LEVEL]")
+    p.set_defaults(func=cmd_target)
+
+    p = sub.add_parser("select", help="score units (FAIG-SD or an ablation selector) and keep the top q")
+    p.add_argument("--um", required=True, metavar="WEIGHTS")
+    p.add_argument("--target", required=True, metavar="WEIGHTS", help="the target (IM) of the degradation")
+    p.add_argument("--degradation", required=True, metavar="NAME[:LEVEL]")
+    p.add_argument("--out", required=True, metavar="FILE", help="scores and masks (.safetensors)")
+    p.add_argument("--data", metavar="DIR", help="clean photos (faig and encoder selectors)")
+    p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
+    p.add_argument("--q", type=float, help="fraction of the eligible units, in (0, 0.5] (default 0.03)")
+    p.add_argument("--granularity", choices=("kernel", "filter"))
+    p.add_argument("--budget", choices=("units", "params"),
+                   help="units: round(q * eligible units) (default); params: at most q of the eligible weight values")
+    p.add_argument("--path-steps", type=int, help="N, the integration steps from target to UM (default 50)")
+    p.add_argument("--n-images", type=int, help="degraded crops the gradients are taken on")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--loss", choices=("l1", "psnr"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("deltas", help="sparse delta of one degradation on its masked units (optionally refined)")
+    p.add_argument("--um", required=True, metavar="WEIGHTS")
+    p.add_argument("--target", required=True, metavar="WEIGHTS")
+    p.add_argument("--masks", required=True, metavar="FILE", help="output of `adsrt train select`")
+    p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--data", metavar="DIR", help="clean photos: validation PSNR, and needed by --refine-steps")
+    p.add_argument("--refine-steps", type=int, help="train only the masked units for N steps (UM frozen)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=("l1", "psnr"))
+    p.add_argument("--val-samples", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_deltas)
+
+    p = sub.add_parser("classifier", help="train the degradation classifier (k + 1 classes, last = clean)")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--degradations", type=_csv)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--depth", type=int)
+    p.add_argument("--crop-size", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--clean-fraction", type=float)
+    p.add_argument("--val-samples", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
+    p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("all", help="run every stage into a work folder and write the bundle")
+    p.add_argument("--data", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file (.safetensors)")
+    p.add_argument("--work", required=True, metavar="DIR", help="work folder (stages with outputs there are skipped)")
+    p.add_argument("--degradations", type=_csv)
+    p.add_argument("--preset", choices=("tiny", "small", "default"))
+    p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
+    p.add_argument("--q", type=float)
+    p.add_argument("--granularity", choices=("kernel", "filter"))
+    p.add_argument("--budget", choices=("units", "params"), help="selection budget (see `train select`)")
+    p.add_argument("--refine-steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_all)
+

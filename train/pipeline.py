@@ -1,0 +1,210 @@
+"""Stage 6: ``adsrt train all``, every stage in order into a work folder, then the bundle.
+
+Work folder layout (a stage is skipped when its final file exists; the restorer stages also resume
+from their ``last.pt`` when a run was interrupted half way):
+
+    WORK/um/model.safetensors                       stage 1 (UM)
+    WORK/targets/<d>/model.safetensors              stage 2 (IM per degradation)
+    WORK/select/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 3 (scores + masks)
+    WORK/deltas/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 4 (sparse deltas + val PSNR)
+    WORK/classifier/model.safetensors, report.json  stage 5 (DC)
+
+Masks and deltas are keyed by selector, granularity and q, so an ablation reuses the UM and targets.
+Under ``torchrun`` stages 1-2 train with DDP; stages 3-5 and the bundle run on rank 0 while the other
+ranks wait.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import adsrt
+from adsrt.bundle import Bundle, InputContract, save_bundle, summarize
+from adsrt.errors import AdsrtError
+from adsrt.fileio import write_json
+from adsrt.train import distributed
+from adsrt.train.checkpoint import load_backbone_weights
+from adsrt.train.classifier import ClassifierTrainConfig, load_classifier, train_classifier
+from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
+from adsrt.train.restorer import class_specs
+from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
+from adsrt.train.um import TargetConfig, UMConfig, train_target, train_um
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and budgets of a whole pipeline run."""
+
+    backbone: str
+    crop_size: int
+    batch_size: int
+    um_steps: int
+    um_lr: float
+    target_steps: int
+    target_lr: float
+    val_every: int
+    val_samples: int
+    ckpt_every: int
+    samples_per_epoch: int
+    path_steps: int  # FAIG N
+    faig_images: int
+    refine_steps: int
+    dc_steps: int
+    dc_input_size: int
+    dc_width: int
+    dc_depth: int
+    dc_crop_size: int
+    dc_batch_size: int
+    workers: int
+
+
+PRESETS: dict[str, Preset] = {
+    # Seconds on a CPU: proves the plumbing end to end, learns almost nothing.
+    "tiny": Preset("nafnet-tiny", 32, 4, 6, 2e-3, 3, 1e-3, 3, 8, 3, 64, 3, 4, 2, 6, 32, 4, 2, 48, 8, 0),
+    # Minutes to an hour on one GPU: numbers that move.
+    "small": Preset("nafnet-small", 64, 16, 4000, 1e-3, 1000, 2e-4, 500, 64, 500, 2048, 20, 16, 200,
+                    1500, 64, 8, 3, 96, 32, 4),
+    # The edge model at full size (a few GPU hours).
+    "default": Preset("nafnet-edge", 128, 16, 60000, 1e-3, 10000, 2e-4, 2000, 128, 1000, 4096, 50, 32, 1000,
+                      5000, 128, 16, 4, 128, 32, 8),
+}
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    data: str
+    out: str  # bundle path
+    work: str
+    degradations: tuple[str, ...] = ("noise", "blur", "rain")
+    preset: str = "default"
+    selector: str = "faig"
+    q: float = 0.03
+    granularity: str = "kernel"
+    budget: str = "units"  # see adsrt.train.select
+    refine_steps: int | None = None  # None = the preset's
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+
+def _tag(cfg: PipelineConfig) -> str:
+    suffix = "" if cfg.budget == "units" else f"_{cfg.budget}"
+    return f"{cfg.selector}_{cfg.granularity}_q{cfg.q:g}{suffix}"
+
+
+def train_all(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run the missing stages and write the bundle. Returns the bundle's metrics (rank 0)."""
+    if cfg.preset not in PRESETS:
+        raise AdsrtError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
+    if cfg.selector not in SELECTORS:
+        raise AdsrtError(f"selector must be one of {SELECTORS}, got {cfg.selector!r}")
+    if cfg.granularity not in GRANULARITIES:
+        raise AdsrtError(f"granularity must be one of {GRANULARITIES}, got {cfg.granularity!r}")
+    check_q(cfg.q)
+    specs = class_specs(cfg.degradations)
+    p = PRESETS[cfg.preset]
+    env = distributed.setup(cfg.device)
+    work = Path(cfg.work)
+    common = dict(data=cfg.data, crop_size=p.crop_size, batch_size=p.batch_size, val_every=p.val_every,
+                  val_samples=p.val_samples, ckpt_every=p.ckpt_every, samples_per_epoch=p.samples_per_epoch,
+                  workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+
+    um_path = work / "um" / "model.safetensors"
+    if um_path.is_file():
+        log.info("UM: %s exists, skipping", um_path)
+    else:
+        train_um(UMConfig(out=str(um_path.parent), degradations=tuple(str(s) for s in specs), backbone=p.backbone,
+                          steps=p.um_steps, lr=p.um_lr, **common))
+
+    for s in specs:
+        target = work / "targets" / s.name / "model.safetensors"
+        if target.is_file():
+            log.info("target %s: %s exists, skipping", s.name, target)
+            continue
+        train_target(TargetConfig(out=str(target.parent), um=str(um_path), degradation=str(s), steps=p.target_steps,
+                                  lr=p.target_lr, **common))
+
+    if env.is_main:
+        tag = _tag(cfg)
+        for s in specs:
+            target = work / "targets" / s.name / "model.safetensors"
+            masks = work / "select" / tag / f"{s.name}.safetensors"
+            if not masks.is_file():
+                run_select(SelectConfig(um=str(um_path), target=str(target), degradation=str(s), out=str(masks),
+                                        data=cfg.data, selector=cfg.selector, q=cfg.q, granularity=cfg.granularity,
+                                        budget=cfg.budget,
+                                        path_steps=p.path_steps, n_images=p.faig_images, batch_size=p.batch_size,
+                                        crop_size=p.crop_size, seed=cfg.seed, device=cfg.device))
+            deltas = work / "deltas" / tag / f"{s.name}.safetensors"
+            if not deltas.is_file():
+                refine = p.refine_steps if cfg.refine_steps is None else cfg.refine_steps
+                build_deltas(DeltasConfig(um=str(um_path), target=str(target), masks=str(masks), out=str(deltas),
+                                          data=cfg.data, refine_steps=refine, batch_size=p.batch_size,
+                                          crop_size=p.crop_size, val_samples=p.val_samples, seed=cfg.seed,
+                                          device=cfg.device))
+        dc_path = work / "classifier" / "model.safetensors"
+        if not dc_path.is_file():
+            train_classifier(ClassifierTrainConfig(
+                data=cfg.data, out=str(dc_path.parent), degradations=tuple(s.name for s in specs),
+                input_size=p.dc_input_size, width=p.dc_width, depth=p.dc_depth, crop_size=p.dc_crop_size,
+                steps=p.dc_steps, batch_size=p.dc_batch_size, val_samples=p.val_samples * 2,
+                samples_per_epoch=p.samples_per_epoch, workers=p.workers, seed=cfg.seed, device=cfg.device,
+                progress=cfg.progress))
+        metrics = _write_bundle(cfg, specs, work, tag, um_path, dc_path)
+    else:
+        metrics = {}
+    distributed.barrier()
+    return metrics
+
+
+def _write_bundle(cfg: PipelineConfig, specs: list, work: Path, tag: str, um_path: Path, dc_path: Path) -> dict[str, Any]:
+    config, um_state, um_header = load_backbone_weights(um_path)
+    dc_config, dc_state, dc_header = load_classifier(dc_path)
+    names = [s.name for s in specs]
+    if dc_header.get("classes") != [*names, "clean"]:
+        raise AdsrtError(f"{dc_path}: classifier classes {dc_header.get('classes')} do not match {names} + clean")
+    deltas, per_d = {}, {}
+    for name in names:
+        layer_deltas, header = load_deltas(work / "deltas" / tag / f"{name}.safetensors")
+        if header["backbone"] != config.to_dict():
+            raise AdsrtError(f"deltas of {name} were made for another backbone than {um_path}'s")
+        if header["granularity"] != cfg.granularity or header["q"] != cfg.q:
+            raise AdsrtError(f"deltas of {name}: granularity/q {header['granularity']}/{header['q']} differ from the run's")
+        deltas[name] = layer_deltas
+        per_d[name] = {**header.get("val", {}), "refined": header["refined"],
+                       "masked_units": header["masked_units"], "delta_params": header["delta_params"]}
+        _, _, sel = load_selection(work / "select" / tag / f"{name}.safetensors")
+        per_d[name]["eligible_units"] = sel["eligible_units"]
+    dc_report = dc_header.get("val", {})
+    metrics = {
+        "protocol": "adsrt: PSNR on RGB in [0,1], held-out training crops with fixed seeds (not a benchmark)",
+        "um_val_psnr": um_header.get("val", {}).get("psnr"),
+        "per_degradation": per_d,
+        "classifier_accuracy": dc_report.get("accuracy"),
+    }
+    bundle = Bundle(
+        backbone=config, um_state=um_state, degradations=names, granularity=cfg.granularity, q=cfg.q,
+        deltas=deltas, classifier=dc_config, classifier_state=dc_state,
+        input=InputContract(pad_multiple=max(16, config.pad_multiple)),
+        provenance={
+            "adsrt": adsrt.__version__, "torch": torch.__version__, "preset": cfg.preset,
+            "preset_values": dataclasses.asdict(PRESETS[cfg.preset]), "data": str(Path(cfg.data).resolve()),
+            "degradations": [str(s) for s in specs], "selector": cfg.selector, "budget": cfg.budget, "seed": cfg.seed,
+            "work": str(work.resolve()), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        },
+        metrics=metrics,
+    )
+    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    save_bundle(bundle, cfg.out)
+    summary = summarize(bundle)
+    write_json(work / "bundle_metrics.json", {**metrics, "overhead": {d: summary.overhead(d) for d in names}})
+    return metrics
