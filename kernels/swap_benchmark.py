@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adsrt.ads import LayerDelta, unit_layouts
-from adsrt.bundle import Bundle, InputContract
+from adsrt.bundle import Bundle, synthetic_bundle
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
 from adsrt.kernels.ads_layout import AdsLayout, build_ads_layout
@@ -195,42 +194,6 @@ class SwapBenchResult:
 # ------------------------------------------------------------------------------------------- the bundle
 
 
-def random_bundle(
-    backbone: str, degradations: Sequence[str], q: float, granularity: str, seed: int = 0
-) -> Bundle:
-    """A bundle of ``backbone`` whose deltas mask a random ``q`` of the eligible units per degradation,
-    ranked globally across layers like FAIG-SD (so layers get uneven shares). For benchmarks only."""
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    config = BACKBONES[backbone]
-    model = build_backbone(config)
-    layouts = unit_layouts(model, granularity)
-    names = list(layouts)
-    bounds = np.cumsum([0] + [layouts[n].n_units for n in names])
-    n_chosen = max(1, int(q * bounds[-1]))
-    deltas = {}
-    for d in degradations:
-        chosen = torch.sort(torch.randperm(int(bounds[-1]), generator=gen)[:n_chosen]).values
-        per_layer = {}
-        for i, name in enumerate(names):
-            lo, hi = np.searchsorted(chosen.numpy(), [bounds[i], bounds[i + 1]])
-            if hi > lo:
-                units = chosen[lo:hi] - int(bounds[i])
-                values = 0.01 * torch.randn(len(units), layouts[name].unit_numel, generator=gen)
-                per_layer[name] = LayerDelta(units=units, values=values)
-        deltas[d] = per_layer
-    return Bundle(
-        backbone=config,
-        um_state={k: v.clone() for k, v in model.state_dict().items()},
-        degradations=list(degradations),
-        granularity=granularity,
-        q=q,
-        deltas=deltas,
-        input=InputContract(pad_multiple=config.pad_multiple),
-        provenance={"made_by": "adsrt.kernels.swap_benchmark.random_bundle", "seed": seed},
-    )
-
-
 # ----------------------------------------------------------------------------------------------- timing
 
 
@@ -367,7 +330,9 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AdsrtError("--device cuda: torch sees no CUDA device on this machine")
     dtype = DTYPES[config.dtype]
-    bundle = random_bundle(config.backbone, config.degradations, config.q, config.granularity, config.seed)
+    bundle = synthetic_bundle(
+        config.backbone, config.degradations, q=config.q, granularity=config.granularity, seed=config.seed
+    )
     model = bundle.build_um()
     layout = build_ads_layout(model, bundle, device=device, dtype=dtype)
     backend = resolve_backend(device, config.backend)

@@ -37,6 +37,7 @@ from adsrt.ads import GRANULARITIES, Deltas, LayerDelta, UnitLayout, unit_layout
 from adsrt.errors import BundleError
 from adsrt.fileio import atomic_write_bytes
 from adsrt.train.models import (
+    BACKBONES,
     ClassifierConfig,
     DegradationClassifier,
     NAFNet,
@@ -349,3 +350,62 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from exc
     return bundle
+
+
+# ------------------------------------------------------------------------------------ synthetic bundles
+
+
+def synthetic_bundle(
+    backbone: str = "nafnet-tiny",
+    degradations: tuple[str, ...] | list[str] = ("noise", "blur", "rain"),
+    *,
+    q: float = 0.03,
+    granularity: str = "kernel",
+    seed: int = 0,
+    delta_scale: float = 0.01,
+    perturb_um: float = 0.0,
+    classifier: ClassifierConfig | None = None,
+) -> Bundle:
+    """A valid bundle with random weights and random sparse deltas: for tests and for benchmarks that
+    need the real sizes before a model is trained. It restores nothing.
+
+    Each degradation masks ``int(q * eligible units)`` units drawn at random over all layers at once (a
+    global ranking like FAIG-SD's, so layers get uneven shares). ``perturb_um`` adds Gaussian noise of
+    that scale to every UM parameter, so that NAFNet's zero-initialised layer scales let every layer
+    reach the output.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    config = BACKBONES[backbone]
+    model = build_backbone(config)
+    if perturb_um:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(perturb_um * torch.randn(p.shape, generator=gen))
+    layouts = unit_layouts(model, granularity)
+    names = list(layouts)
+    bounds = torch.cumsum(torch.tensor([0] + [layouts[n].n_units for n in names]), 0)
+    n_chosen = max(1, int(q * int(bounds[-1])))
+    deltas: Deltas = {}
+    for d in degradations:
+        chosen = torch.sort(torch.randperm(int(bounds[-1]), generator=gen)[:n_chosen]).values
+        per_layer = {}
+        for i, name in enumerate(names):
+            lo, hi = torch.searchsorted(chosen, bounds[i : i + 2]).tolist()
+            if hi > lo:
+                units = chosen[lo:hi] - bounds[i]
+                values = delta_scale * torch.randn(len(units), layouts[name].unit_numel, generator=gen)
+                per_layer[name] = LayerDelta(units=units, values=values)
+        deltas[d] = per_layer
+    return Bundle(
+        backbone=config,
+        um_state={k: v.clone() for k, v in model.state_dict().items()},
+        degradations=list(degradations),
+        granularity=granularity,
+        q=q,
+        deltas=deltas,
+        classifier=classifier,
+        classifier_state=None if classifier is None else build_classifier(classifier).state_dict(),
+        input=InputContract(pad_multiple=config.pad_multiple),
+        provenance={"made_by": "adsrt.bundle.synthetic_bundle", "seed": seed, "synthetic": True},
+    )

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from adsrt.ads import LayerDelta, unit_layouts
-from adsrt.bundle import Bundle, InputContract
-from adsrt.train.models import BACKBONES, ClassifierConfig, build_backbone, build_classifier
+from adsrt.bundle import Bundle, synthetic_bundle
+from adsrt.train.models import ClassifierConfig
 
 
 def _make_bundle(
@@ -20,42 +18,19 @@ def _make_bundle(
     with_classifier: bool = True,
 ) -> Bundle:
     """A valid bundle of the tiny backbone whose deltas mark a random q of the eligible units."""
-    torch.manual_seed(seed)
-    config = BACKBONES["nafnet-tiny"]
-    model = build_backbone(config)
-    with torch.no_grad():  # NAFNet zero-initialises its layer scales; make every layer matter
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    layouts = unit_layouts(model, granularity)
-    names = list(layouts)
-    offsets = np.cumsum([0] + [layouts[n].n_units for n in names])
-    gen = torch.Generator().manual_seed(seed)
-    deltas = {}
-    for d in degradations:
-        # Global top-q like FAIG-SD, here on random scores: layers get uneven shares, some none.
-        chosen = torch.randperm(int(offsets[-1]), generator=gen)[: max(1, int(q * offsets[-1]))]
-        per_layer = {}
-        for i, name in enumerate(names):
-            sel = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - int(offsets[i])
-            if len(sel):
-                units = torch.sort(sel).values
-                values = 0.1 * torch.randn(len(units), layouts[name].unit_numel, generator=gen)
-                per_layer[name] = LayerDelta(units=units, values=values)
-        deltas[d] = per_layer
     classifier = ClassifierConfig(num_classes=len(degradations) + 1, input_size=32, width=4, depth=2)
-    return Bundle(
-        backbone=config,
-        um_state={k: v.clone() for k, v in model.state_dict().items()},
-        degradations=list(degradations),
-        granularity=granularity,
+    bundle = synthetic_bundle(
+        "nafnet-tiny",
+        degradations,
         q=q,
-        deltas=deltas,
+        granularity=granularity,
+        seed=seed,
+        delta_scale=0.1,
+        perturb_um=0.05,  # NAFNet zero-initialises its layer scales; make every layer matter
         classifier=classifier if with_classifier else None,
-        classifier_state=build_classifier(classifier).state_dict() if with_classifier else None,
-        input=InputContract(pad_multiple=config.pad_multiple),
-        provenance={"made_by": "tests/conftest.py", "seed": seed},
-        metrics={"psnr": {"noise": 30.0}},
     )
+    bundle.metrics = {"psnr": {"noise": 30.0}}
+    return bundle
 
 
 @pytest.fixture

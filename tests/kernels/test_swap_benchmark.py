@@ -9,13 +9,12 @@ import os
 import pytest
 import torch
 
-from adsrt.bundle import validate
+from adsrt.bundle import synthetic_bundle, validate
 from adsrt.cli import main
 from adsrt.kernels.swap_benchmark import (
     CSV_COLUMNS,
     METHODS,
     SwapBenchConfig,
-    random_bundle,
     run_swap_benchmark,
     upsert_csv,
 )
@@ -45,8 +44,8 @@ def test_cli_bench_swap_on_missing_cuda_is_a_clear_error(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_random_bundle_masks_q_of_the_units_and_is_valid():
-    bundle = random_bundle("nafnet-tiny", ("noise", "blur"), 0.05, "kernel", seed=3)
+def test_synthetic_bundle_masks_q_of_the_units_and_is_valid():
+    bundle = synthetic_bundle("nafnet-tiny", ("noise", "blur"), q=0.05, granularity="kernel", seed=3)
     validate(bundle)
     eligible = sum(m.weight.shape[0] * m.weight.shape[1] for m in build_backbone("nafnet-tiny").modules()
                    if isinstance(m, torch.nn.Conv2d))
