@@ -1,7 +1,7 @@
 """The ``adsrt`` command line.
 
-Each subcommand is a small function that parses nothing itself: argparse does that (no
-``parse_known_args``, so a typo in an option is an error, not silently ignored). Errors that adsrt
+Each subcommand is a small function that parses nothing itself: argparse does that, strictly, so a
+typo in an option is an error rather than silently ignored. Errors that adsrt
 reports for bad input (:class:`adsrt.errors.AdsrtError`) become one line on stderr and exit code 1;
 argparse usage errors exit with 2.
 """
