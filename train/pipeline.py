@@ -69,13 +69,26 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Seconds on a CPU: proves the plumbing end to end, learns almost nothing.
-    "tiny": Preset("nafnet-tiny", 32, 4, 6, 2e-3, 3, 1e-3, 3, 8, 3, 64, 3, 4, 2, 6, 32, 4, 2, 48, 8, 0),
+    "tiny": Preset(
+        backbone="nafnet-tiny", crop_size=32, batch_size=4, um_steps=6, um_lr=0.002, target_steps=3,
+        target_lr=0.001, val_every=3, val_samples=8, ckpt_every=3, samples_per_epoch=64, path_steps=3,
+        faig_images=4, refine_steps=2, dc_steps=6, dc_input_size=32, dc_width=4, dc_depth=2, dc_crop_size=48,
+        dc_batch_size=8, workers=0,
+    ),
     # Minutes to an hour on one GPU: numbers that move.
-    "small": Preset("nafnet-small", 64, 16, 4000, 1e-3, 1000, 2e-4, 500, 64, 500, 2048, 20, 16, 200,
-                    1500, 64, 8, 3, 96, 32, 4),
+    "small": Preset(
+        backbone="nafnet-small", crop_size=64, batch_size=16, um_steps=4000, um_lr=0.001, target_steps=1000,
+        target_lr=0.0002, val_every=500, val_samples=64, ckpt_every=500, samples_per_epoch=2048,
+        path_steps=20, faig_images=16, refine_steps=200, dc_steps=1500, dc_input_size=64, dc_width=8,
+        dc_depth=3, dc_crop_size=96, dc_batch_size=32, workers=4,
+    ),
     # The edge model at full size (a few GPU hours).
-    "default": Preset("nafnet-edge", 128, 16, 60000, 1e-3, 10000, 2e-4, 2000, 128, 1000, 4096, 50, 32, 1000,
-                      5000, 128, 16, 4, 128, 32, 8),
+    "default": Preset(
+        backbone="nafnet-edge", crop_size=128, batch_size=16, um_steps=60000, um_lr=0.001,
+        target_steps=10000, target_lr=0.0002, val_every=2000, val_samples=128, ckpt_every=1000,
+        samples_per_epoch=4096, path_steps=50, faig_images=32, refine_steps=1000, dc_steps=5000,
+        dc_input_size=128, dc_width=16, dc_depth=4, dc_crop_size=128, dc_batch_size=32, workers=8,
+    ),
 }
 
 
