@@ -11,7 +11,6 @@ Output folder: ``model.safetensors`` (weights + config + class names, written la
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from adsrt.train import distributed
 from adsrt.train.checkpoint import load_weights, save_weights
 from adsrt.train.degradations import DegradationSpec
 from adsrt.train.models import ClassifierConfig, DegradationClassifier, build_classifier
-from adsrt.train.restorer import class_specs, fixed_batches, split_datasets
+from adsrt.train.restorer import class_specs, cosine_lr, fixed_batches, split_datasets
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
         train_set.set_epoch(epoch)
         for b in loader:
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+                group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
             loss = F.cross_entropy(model(b["input"].to(device)), b["label"].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,14 @@ from adsrt.train import distributed
 from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
 from adsrt.train.degradations import DegradationSpec
 from adsrt.train.models import NAFNet, build_backbone
-from adsrt.train.restorer import batch_psnr, class_specs, fixed_batches, restoration_loss, split_datasets
+from adsrt.train.restorer import (
+    batch_psnr,
+    class_specs,
+    cosine_lr,
+    fixed_batches,
+    restoration_loss,
+    split_datasets,
+)
 from adsrt.train.select import load_selection
 
 log = logging.getLogger(__name__)
@@ -163,7 +169,7 @@ def _measure_and_refine(
         train_set.set_epoch(epoch)
         for b in loader:
             for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.refine_steps))
+                group["lr"] = cosine_lr(step, cfg.refine_steps, cfg.lr)
             x, y = b["input"].to(device), b["target"].to(device)
             loss = restoration_loss(functional_call(model, masked_weights(um, layouts, offsets, params), (x,)), y, cfg.loss)
             optimizer.zero_grad(set_to_none=True)

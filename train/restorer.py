@@ -226,11 +226,15 @@ def fixed_batches(dataset: DegradedImageDataset, batch_size: int) -> list[dict[s
     return [{k: v for k, v in b.items() if isinstance(v, torch.Tensor)} for b in loader]
 
 
-def cosine_lr(step: int, cfg: RestorerConfig) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+def cosine_lr(step: int, total: int, lr: float, *, warmup: int = 0, min_lr: float = 0.0) -> float:
+    """Learning rate at ``step`` of ``total``: linear warmup, then cosine decay from ``lr`` to ``min_lr``.
+
+    A pure function of the step, so a resumed run needs no scheduler state. Shared by every training loop.
+    """
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
 def _initial_model(cfg: RestorerConfig) -> tuple[NAFNet, NAFNetConfig]:
@@ -336,7 +340,7 @@ def train_restorer(cfg: RestorerConfig, *, kind: str = "um", callback: StepCallb
         loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
                             drop_last=True, pin_memory=env.device.type == "cuda")
         for batch in loader:
-            lr = cosine_lr(step, cfg)
+            lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup_steps, min_lr=cfg.min_lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x = batch["input"].to(env.device, non_blocking=True)
