@@ -144,8 +144,43 @@ def cmd_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.train.evaluate import EvalConfig, evaluate, format_report
+
+    kw = _given(args, ("degradations", "seed", "label", "targets", "max_images", "device"))
+    report = evaluate(EvalConfig(bundle=args.bundle, clean=args.clean, pairs=tuple(args.pairs) if args.pairs else None,
+                                 protocol=args.protocol, progress=not args.quiet, **kw))
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``adsrt eval``."""
+    p = subparsers.add_parser("eval", help="PSNR/SSIM of input, UM, ADS, oracle ADS and IM per degradation")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (.safetensors)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--clean", metavar="DIR", help="clean photos, degraded on the fly with --degradations")
+    data.add_argument("--pairs", nargs=2, metavar=("DEGRADED_DIR", "CLEAN_DIR"),
+                      help="degraded images and their references, matched by file name stem")
+    p.add_argument("--degradations", type=_csv,
+                   help="with --clean: comma-separated name[:level], one row each (default noise:25,blur,rain)")
+    p.add_argument("--seed", type=int, help="with --clean: seed of the degradations (default 0)")
+    p.add_argument("--label", metavar="NAME[:LEVEL]", help="with --pairs: their degradation (enables oracle, IM, DC accuracy)")
+    p.add_argument("--protocol", choices=("adsrt", "peers"), default="adsrt",
+                   help="adsrt: RGB in [0,1], Gaussian SSIM; peers: scikit-image conventions, centre crop to 16")
+    p.add_argument("--targets", metavar="WORKDIR", help="training work folder: adds the individual models (IM)")
+    p.add_argument("--max-images", type=int, help="only the first N images (quick looks)")
+    p.add_argument("--device", help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--json", metavar="OUT", help="also write the report as JSON")
+    p.set_defaults(func=cmd_eval)
+
+
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,all}``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,all}`` and ``adsrt eval``."""
+    add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -153,6 +154,12 @@ def check_level(name: str, level: float) -> float:
     if not math.isfinite(value) or not rng_.lo <= value <= rng_.hi:
         raise DegradationError(f"{name}: level {level!r} is outside [{rng_.lo:g}, {rng_.hi:g}] ({rng_.unit})")
     return value
+
+
+def keyed_rng(seed: int, *keys: str) -> np.random.Generator:
+    """A generator drawn from ``seed`` and string keys (a file name, a spec), so an image degrades
+    the same whether it is processed alone, in a folder, or in another order."""
+    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
 
 
 def sample_level(name: str, rng: np.random.Generator) -> float:
