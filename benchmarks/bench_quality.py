@@ -10,7 +10,9 @@ skips what its work folder already holds and the restorer stages resume from che
 interrupted run continues where it stopped; evaluations are cached per variant in WORK/eval/.
 
 Evaluation: every image of --eval degraded with noise:25, blur:2 and rain:3 (one generator per image,
-degradation and --seed), restored whole, PSNR/SSIM on RGB in [0, 1] (adsrt protocol).
+degradation and --seed), restored whole, PSNR/SSIM on RGB in [0, 1] (adsrt protocol). The main
+variant is scored as input, UM, ADS (classifier's c), ADS oracle (true one-hot c) and IM; the ablation
+variants as ADS oracle only, which isolates the selection from the classifier (--full-ablation adds ADS).
 
 Writes into --results (default benchmarks/results/):
   quality_main.csv         degradation x {input, um, ads, ads_oracle, im}: PSNR, SSIM, parameters
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> None:
         main = v == main_variant
         log.info("evaluating %s on %d images", v.tag, len(cases))
         report = evaluate_cases(bundle, cases, targets=load_targets(work, bundle) if main else None,
-                                methods=("input", "um", "ads", "ads_oracle", "im") if main else ("ads", "ads_oracle"),
+                                methods=("input", "um", "ads", "ads_oracle", "im") if main or args.full_ablation else ("ads_oracle",),
                                 device=args.device, progress=not args.quiet, data=eval_key["eval"])
         summary = summarize(bundle)
         report["params"] = {"um": summary.um_params, "classifier": summary.classifier_params,
@@ -170,8 +172,8 @@ def run(args: argparse.Namespace) -> None:
                 name = key.split(":")[0]
                 delta = r["params"]["delta"].get(name, sum(r["params"]["delta"].values()))
                 rows.append({**stamp, "selector": v.selector, "granularity": v.granularity, "budget": v.budget, "q": v.q,
-                             "degradation": key, "psnr_ads": row_of(r, key)["psnr"]["ads"],
-                             "psnr_oracle": row_of(r, key)["psnr"]["ads_oracle"], "ssim_ads": row_of(r, key)["ssim"]["ads"],
+                             "degradation": key, "psnr_ads": row_of(r, key)["psnr"].get("ads"),
+                             "psnr_oracle": row_of(r, key)["psnr"]["ads_oracle"], "ssim_ads": row_of(r, key)["ssim"].get("ads"),
                              "ssim_oracle": row_of(r, key)["ssim"]["ads_oracle"], "delta_params": delta,
                              "delta_frac": delta / r["params"]["um"]})
         return rows
@@ -289,6 +291,8 @@ def main() -> None:
                         help="selection budget of the main variant and the selector grid (see adsrt.train.select); "
                              "the other one is measured in the granularity table")
     parser.add_argument("--no-granularity", action="store_true", help="skip the filter / parameter-budget variants")
+    parser.add_argument("--full-ablation", action="store_true",
+                        help="also score ADS with the classifier's c (not only the oracle) for every ablation variant")
     parser.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
