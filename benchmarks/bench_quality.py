@@ -247,28 +247,44 @@ def _markdown(args, stamp, main_report, params, selector_rows, granularity_rows,
 
 
 def _plot(path: Path, main_report, params, reports, todo: list[Variant]) -> None:
+    """Left: mean PSNR vs total parameters (UM, ADS, IM). Right: the selector ablation vs delta size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
     mean = main_report["mean"]["psnr"]
-    for method, marker, label in (("input", "x", "input"), ("um", "s", "UM"), ("im", "D", "IM (one model each)")):
-        if mean.get(method) is not None:
-            ax.scatter([max(params[method], 1)], [mean[method]], marker=marker, s=60, label=label, zorder=3)
+    um_params = main_report["params"]["um"]
+    left.scatter([params["um"]], [mean["um"]], marker="s", s=60, label="UM", zorder=3)
+    if mean.get("ads") is not None:
+        left.scatter([params["ads"]], [mean["ads"]], marker="*", s=140, label="ADS (classifier's c)", zorder=4)
+    if mean.get("im") is not None:
+        left.scatter([params["im"]], [mean["im"]], marker="D", s=60, label="IM (one model per degradation)", zorder=3)
+    faig = sorted((v for v in todo if v.selector == "faig" and v.granularity == "kernel" and v.budget == todo[0].budget),
+                  key=lambda v: v.q)
+    left.plot([reports[v]["params"]["um"] + sum(reports[v]["params"]["delta"].values()) for v in faig],
+              [reports[v]["mean"]["psnr"]["ads_oracle"] for v in faig], marker="o",
+              label=f"ADS oracle, FAIG, q = {', '.join(f'{v.q:g}' for v in faig)}")
+    left.set_xlabel("parameters (ADS: UM + all deltas)")
+    left.set_ylabel("mean PSNR (dB), RGB")
+    left.set_title(f"PSNR vs parameters (input: {mean['input']:.2f} dB)" if mean.get("input") else "PSNR vs parameters")
+    left.ticklabel_format(axis="x", style="sci", scilimits=(3, 3))
+
     for selector in dict.fromkeys(v.selector for v in todo):
         vs = sorted((v for v in todo if v.selector == selector and v.granularity == "kernel" and v.budget == todo[0].budget),
                     key=lambda v: v.q)
-        xs = [reports[v]["params"]["um"] + sum(reports[v]["params"]["delta"].values()) for v in vs]
-        ys = [reports[v]["mean"]["psnr"]["ads_oracle"] for v in vs]
-        ax.plot(xs, ys, marker="o", label=f"ADS oracle, {selector} (q = {', '.join(f'{v.q:g}' for v in vs)})")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("mean PSNR (dB), RGB")
-    ax.set_title("PSNR vs parameters (mean over degradations)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+        xs = [100 * np.mean(list(reports[v]["params"]["delta"].values())) / um_params for v in vs]
+        right.plot(xs, [reports[v]["mean"]["psnr"]["ads_oracle"] for v in vs], marker="o", label=selector)
+    right.axhline(mean["um"], color="gray", linestyle="--", linewidth=1, label="UM")
+    if mean.get("im") is not None:
+        right.axhline(mean["im"], color="black", linestyle=":", linewidth=1, label="IM")
+    right.set_xlabel("delta parameters per degradation (% of the UM)")
+    right.set_ylabel("mean PSNR of ADS oracle (dB)")
+    right.set_title("Which units to adapt: selector ablation")
+    for ax in (left, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     import io
 

@@ -22,8 +22,6 @@ with random sparse deltas at ``q`` per degradation; timing depends only on the s
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
@@ -32,14 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from adsrt import fileio
 from adsrt.bundle import Bundle, synthetic_bundle
 from adsrt.errors import AdsrtError
-from adsrt.fileio import atomic_write_bytes
 from adsrt.kernels.ads_layout import AdsLayout, build_ads_layout
 from adsrt.train.models import BACKBONES, build_backbone
 
@@ -401,16 +398,4 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
 
 def upsert_csv(path: str | os.PathLike, rows: Sequence[dict[str, str]]) -> None:
     """Insert ``rows`` into the CSV at ``path``, replacing rows with the same :data:`CSV_KEY`; atomic."""
-    path = Path(path)
-    existing: list[dict[str, str]] = []
-    if path.exists():
-        with path.open(newline="") as fh:
-            existing = list(csv.DictReader(fh))
-    new_keys = {tuple(r[k] for k in CSV_KEY) for r in rows}
-    kept = [r for r in existing if tuple(r.get(k, "") for k in CSV_KEY) not in new_keys]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in [*kept, *rows]:
-        writer.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
-    atomic_write_bytes(path, out.getvalue().encode())
+    fileio.upsert_csv(path, rows, key=CSV_KEY, columns=CSV_COLUMNS)

@@ -6,6 +6,9 @@ the weights with the probabilities of a degradation classifier:
 
     theta_ads = theta_um + sum_d c_d * (delta_d * M_d)
 
+Runtime API: ``adsrt.load(bundle, backend=..., device=..., precision=..., mode=...)`` returns a
+:class:`adsrt.restorer.Restorer` with ``restore``, ``classify``, ``stream`` and ``timings``.
+
 The import package is laid out as ``adsrt`` (runtime, bundle, CLI), ``adsrt.kernels`` (fused ADS
 update), ``adsrt.export`` (ONNX / TensorRT) and ``adsrt.train`` (degradations, data, models,
 training).
@@ -20,4 +23,21 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["AdsrtError", "__version__"]
+__all__ = ["AdsrtError", "Restorer", "RestorerConfig", "__version__", "load"]
+
+# The runtime API loads lazily, so ``import adsrt`` (and ``adsrt --version``) does not import torch.
+_LAZY = {"load": "adsrt.restorer", "Restorer": "adsrt.restorer", "RestorerConfig": "adsrt.restorer"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'adsrt' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import adsrt
+from adsrt.cli_runtime import add_runtime_commands
 from adsrt.errors import AdsrtError, ImageReadError, OutputError
 from adsrt.train.cli_train import add_train_commands
 
@@ -213,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench_swap)
 
+    add_runtime_commands(sub, bench)  # restore, classify, bench latency
     add_train_commands(sub)
     return parser
 

@@ -27,3 +27,15 @@ class DataError(AdsrtError):
 
 class MetricError(AdsrtError, ValueError):
     """Images that cannot be scored: mismatched shapes, non-finite values, too small, bad options."""
+
+
+class InputError(AdsrtError):
+    """A runtime input (video file, camera, stream, URI, frame array) is missing, unsupported or unreadable."""
+
+
+class BackendError(AdsrtError):
+    """An inference backend, device or precision is unknown or not available on this machine."""
+
+
+class RestoreError(AdsrtError):
+    """Restoration produced an unusable result (e.g. a non-finite output frame: a broken model or backend)."""

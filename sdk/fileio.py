@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +51,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write strict JSON (non-finite floats as null) atomically."""
     text = json.dumps(_finite_or_none(obj), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(path, text.encode())
+
+
+def upsert_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str],
+               columns: Sequence[str]) -> None:
+    """Insert ``rows`` into the CSV at ``path`` (benchmark results), replacing existing rows with the
+    same values in the ``key`` columns; written atomically, creating the folder if needed."""
+    path = Path(path)
+    existing: list[dict[str, str]] = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            existing = list(csv.DictReader(fh))
+    new_keys = {tuple(str(r[k]) for k in key) for r in rows}
+    kept = [r for r in existing if tuple(r.get(k, "") for k in key) not in new_keys]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in [*kept, *rows]:
+        writer.writerow({k: row.get(k, "") for k in columns})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, out.getvalue().encode())

@@ -37,7 +37,8 @@ class ClassifierTrainConfig:
     input_size: int = 128
     width: int = 16
     depth: int = 4
-    crop_size: int = 128
+    crop_size: int = 128  # also the window the classifier views frames through (ClassifierConfig.window)
+    grid: int = 3  # frames larger than a crop are classified on grid x grid windows
     steps: int = 3000
     batch_size: int = 32
     lr: float = 1e-3
@@ -77,7 +78,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise AdsrtError("steps and batch_size must be >= 1")
     try:
-        model_config = ClassifierConfig(num_classes=k + 1, input_size=cfg.input_size, width=cfg.width, depth=cfg.depth)
+        model_config = ClassifierConfig(num_classes=k + 1, input_size=cfg.input_size, width=cfg.width, depth=cfg.depth,
+                                        window=cfg.crop_size, grid=cfg.grid)
     except ValueError as exc:
         raise AdsrtError(f"bad classifier shape: {exc}") from exc
     device = distributed.setup(cfg.device).device

@@ -203,10 +203,10 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="scores and masks (.safetensors)")
     p.add_argument("--data", metavar="DIR", help="clean photos (faig and encoder selectors)")
     p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
-    p.add_argument("--q", type=float, help="fraction of the eligible units, in (0, 0.5] (default 0.03)")
+    p.add_argument("--q", type=float, help="fraction of the eligible weights (or units), in (0, 0.5] (default 0.03)")
     p.add_argument("--granularity", choices=("kernel", "filter"))
     p.add_argument("--budget", choices=("units", "params"),
-                   help="units: round(q * eligible units) (default); params: at most q of the eligible weight values")
+                   help="params: at most q of the eligible weight values (default); units: round(q * eligible units)")
     p.add_argument("--path-steps", type=int, help="N, the integration steps from target to UM (default 50)")
     p.add_argument("--n-images", type=int, help="degraded crops the gradients are taken on")
     p.add_argument("--batch-size", type=int)

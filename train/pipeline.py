@@ -102,7 +102,7 @@ class PipelineConfig:
     selector: str = "faig"
     q: float = 0.03
     granularity: str = "kernel"
-    budget: str = "units"  # see adsrt.train.select
+    budget: str = "params"  # see adsrt.train.select
     refine_steps: int | None = None  # None = the preset's
     seed: int = 0
     device: str | None = None

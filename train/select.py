@@ -1,6 +1,6 @@
 """Stage 3: choose the units (kernel slices or filters) that matter most for one degradation.
 
-Selectors, all at the same budget ``round(q * eligible units)`` of the whole model:
+Selectors, all at the same budget (q of the eligible weight values by default, see below):
 
 - ``faig`` (FAIG-SD, the method): along the straight path
   ``lambda(alpha_t) = alpha_t * theta_um + (1 - alpha_t) * theta_d``, ``alpha_t = t / N`` for t = 0..N-1,
@@ -14,10 +14,13 @@ Selectors, all at the same budget ``round(q * eligible units)`` of the whole mod
   units; if the encoder holds fewer eligible units than the budget, all of them are taken (logged).
 - ``absdiff``: ``|theta_d - theta_um|`` summed per unit (how far fine-tuning moved the unit).
 
-The budget is ``round(q * eligible units)`` (``budget="units"``, the paper's convention). Units differ
-in size (a 1x1 kernel slice has 1 value, a depthwise 3x3 one 9), and summed scores favour the big
-ones, so the delta can hold more than q of the parameters; ``budget="params"`` caps the selected
-values at q of the eligible weight values instead.
+Budget. ``budget="params"`` (the default) takes units in score order while their values fit in q of
+the eligible weight values, so a degradation's delta costs at most q of the parameters.
+``budget="units"`` takes ``round(q * eligible units)`` units, the paper's convention; units differ in
+size (a 1x1 kernel slice has 1 value, a depthwise 3x3 one 9) and summed scores favour the big ones, so
+there the delta holds more than q of the parameters (5.4% at q = 3% for nafnet-small). Measured in
+``benchmarks/results/quality.md``: at equal parameters the two budgets are within 0.05 dB, so the
+default keeps the promise "about q of the parameters per degradation".
 
 The result file (safetensors) holds ``score/<layer>`` (float32 per unit) for every eligible layer and
 ``units/<layer>`` (int64, sorted) for every layer with selected units, plus a JSON header.
@@ -62,7 +65,7 @@ class SelectConfig:
     selector: str = "faig"
     q: float = 0.03
     granularity: str = "kernel"
-    budget: str = "units"  # units: round(q * eligible units); params: q of the eligible weight values
+    budget: str = "params"  # params: at most q of the eligible weight values; units: round(q * eligible units)
     path_steps: int = 50  # N
     n_images: int = 16
     batch_size: int = 8

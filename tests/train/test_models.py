@@ -249,6 +249,36 @@ def test_classifier_logits_shape() -> None:
             assert clf(torch.rand(shape)).shape == (shape[0], CLF.num_classes)
 
 
+def test_windowed_classifier_is_the_mean_of_its_window_logits() -> None:
+    """A frame larger than the training window is classified through a grid of windows at native scale."""
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(num_classes=4, input_size=16, width=4, depth=2, window=24, grid=3)
+    clf = build_classifier(cfg).eval()
+    whole = build_classifier(ClassifierConfig(num_classes=4, input_size=16, width=4, depth=2)).eval()
+    whole.load_state_dict(clf.state_dict())
+    frame = torch.rand(2, 3, 50, 70)
+    with torch.no_grad():
+        # Windows at rows 0, 13, 26 and columns 0, 23, 46 (evenly spread, corners included).
+        expected = torch.stack([whole(frame[:, :, y : y + 24, x : x + 24]) for y in (0, 13, 26) for x in (0, 23, 46)]).mean(0)
+        assert torch.allclose(clf(frame), expected, atol=1e-6)
+        crop = frame[:, :, :24, :24]  # a training crop is one view: identical to the whole-frame resize
+        assert torch.allclose(clf(crop), whole(crop), atol=0)
+        thin = frame[:, :, :20, :]  # lower than the window: windows are 20 x 24, one row of them
+        expected = torch.stack([whole(thin[:, :, :, x : x + 24]) for x in (0, 23, 46)]).mean(0)
+        assert torch.allclose(clf(thin), expected, atol=1e-6)
+    one = build_classifier(ClassifierConfig(num_classes=4, input_size=16, width=4, depth=2, window=24, grid=1)).eval()
+    one.load_state_dict(clf.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(one(frame), whole(frame[:, :, 13:37, 23:47]), atol=0)  # the centre window
+
+
+def test_classifier_config_without_window_loads_as_whole_frame() -> None:
+    old = {"num_classes": 4, "input_size": 32, "width": 4, "depth": 2}  # a bundle from before windows
+    assert ClassifierConfig.from_dict(old).window == 0
+    with pytest.raises(ValueError, match="grid"):
+        ClassifierConfig(num_classes=3, input_size=16, depth=2, window=32, grid=0)
+
+
 # ------------------------------------------------------------------------------------------- costs
 
 

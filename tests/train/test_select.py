@@ -143,7 +143,7 @@ def test_selectors_differ_and_save_scores_and_masks(weights, photos, tmp_path):
         out = tmp_path / f"{selector}.safetensors"
         header = run_select(SelectConfig(um=str(um), target=str(target), degradation="noise", out=str(out),
                                          data=str(photos), selector=selector, q=0.03, path_steps=3, n_images=4,
-                                         batch_size=4, crop_size=32))
+                                         batch_size=4, crop_size=32, budget="units"))
         scores, units, saved = load_selection(out)
         assert saved["selector"] == selector and saved == header
         assert len(scores) == 36 and sum(len(u) for u in units.values()) == round(0.03 * eligible)

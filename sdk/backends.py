@@ -1,0 +1,301 @@
+"""Inference backends of the runtime, behind one small interface.
+
+A :class:`Backend` runs the three device-side stages of a frame on tensors that already live on its
+device (the :class:`adsrt.restorer.Restorer` does the conversion from and to images, tiling and the
+temporal smoothing of ``c``):
+
+- ``classify(x) -> logits`` ``[B, k + 1]`` (fp32; the last class is clean/unknown);
+- ``update(c)`` with ``c`` ``[B, k]`` fp32: make the next ``restore`` use these coefficients;
+- ``restore(x) -> y`` with ``x, y`` ``[B, 3, H, W]`` in the model's value range and channel order.
+
+Registered backends (:data:`BACKENDS`):
+
+- ``torch`` (CPU and CUDA; fp32 everywhere, fp16/bf16 on CUDA; optional CUDA-graph capture of
+  classify -> update -> restore, see :class:`CudaGraphFrame`);
+- ``onnxruntime`` and ``tensorrt``: the interface is shared, the implementations come with the export
+  issue (:mod:`adsrt.export`); until then creating them raises :class:`BackendError`.
+
+``name="auto"`` picks the best available backend (for now always ``torch``, on CUDA when torch sees a
+GPU, else on the CPU) and logs which.
+
+Modes (:data:`MODES`): ``swap`` (the fused ADS update of :mod:`adsrt.kernels` rewrites the masked
+weights in place), ``branch`` (constant weights, ``c`` as an input: :mod:`adsrt.branch`; one batch may
+mix coefficients), and ``um`` (the unified model alone: no classifier, no deltas; the baseline of the
+latency benchmark).
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from adsrt.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "MODES",
+    "PRECISIONS",
+    "Backend",
+    "CudaGraphFrame",
+    "OnnxRuntimeBackend",
+    "TensorRTBackend",
+    "TorchBackend",
+    "available_backends",
+    "create_backend",
+    "resolve_device",
+    "smooth_coefficients",
+]
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MODES = ("swap", "branch", "um")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: CUDA when torch sees a GPU, else the CPU. Unknown or missing devices raise."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BackendError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BackendError(f"device {device!r}: torch sees no CUDA device on this machine")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise BackendError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type != "cpu":
+        raise BackendError(f"device {device!r}: adsrt runs on cpu or cuda")
+    return resolved
+
+
+def smooth_coefficients(probs: Tensor, state: Tensor | None, ema: float) -> Tensor:
+    """``c`` from classifier probabilities ``[B, k + 1]``: ``p[:, :k]``, smoothed over time with ``state``.
+
+    ``state`` (float32 ``[k + 1]``, the convention of :func:`adsrt.kernels.ads_update.ads_update_from_logits`):
+    ``state[:k]`` is the last applied c, ``state[k]`` is 1 once a frame has been seen (0: restart, e.g. at
+    a scene cut). Then ``c = ema * state[:k] + (1 - ema) * p[:k]`` (the first frame takes ``p`` as it
+    is) and ``state`` is updated in place. Device-side ops only (no host sync): CUDA-graph safe.
+    """
+    k = probs.shape[1] - 1
+    c = probs[:, :k].float()
+    if state is None:
+        return c
+    w = torch.where(state[k] > 0, ema, 0.0)
+    c = w * state[:k] + (1.0 - w) * c[0]
+    state[:k].copy_(c)
+    state[k:].fill_(1.0)
+    return c[None]
+
+
+class Backend(ABC):
+    """What a restorer needs from an inference engine (see the module doc)."""
+
+    name: ClassVar[str]
+    mode: str
+    device: torch.device
+    dtype: torch.dtype
+    degradations: list[str]
+    has_classifier: bool
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run here, or None when it can."""
+        return None
+
+    @abstractmethod
+    def classify(self, x: Tensor) -> Tensor:
+        """Classifier logits ``[B, k + 1]`` (fp32) of frames ``x`` ``[B, 3, H, W]`` on :attr:`device`."""
+
+    @abstractmethod
+    def update(self, c: Tensor) -> None:
+        """Coefficients ``[B, k]`` (fp32, on :attr:`device`) for the next :meth:`restore` call."""
+
+    @abstractmethod
+    def restore(self, x: Tensor) -> Tensor:
+        """Restored frames, same shape as ``x``."""
+
+    def describe(self) -> str:
+        return f"{self.name} backend, {self.mode} mode, {self.device}, {str(self.dtype).removeprefix('torch.')}"
+
+
+class TorchBackend(Backend):
+    """PyTorch on the CPU or CUDA; swap mode uses the fused update (Triton on CUDA 8.0+, torch otherwise)."""
+
+    name = "torch"
+
+    def __init__(self, bundle, *, device: str | torch.device | None = "auto", precision: str = "fp32",
+                 mode: str = "swap") -> None:
+        if mode not in MODES:
+            raise BackendError(f"mode must be one of {MODES}, got {mode!r}")
+        if precision not in PRECISIONS:
+            raise BackendError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        self.dtype = PRECISIONS[precision]
+        if self.device.type != "cuda" and self.dtype != torch.float32:
+            raise BackendError(f"precision {precision} runs on CUDA only; use fp32 on the CPU")
+        self.mode = mode
+        self.degradations = list(bundle.degradations)
+        self.layout = None
+        self.branch = None
+        model = bundle.build_um().to(device=self.device, dtype=self.dtype)
+        self.classifier = None
+        if bundle.classifier is not None:
+            self.classifier = bundle.build_classifier().to(device=self.device, dtype=self.dtype)
+        self.has_classifier = self.classifier is not None
+        if mode == "swap":
+            from adsrt.kernels.ads_layout import build_ads_layout
+            from adsrt.kernels.ads_update import resolve_backend
+
+            self.layout = build_ads_layout(model, bundle, device=self.device, dtype=self.dtype)
+            self.update_backend = resolve_backend(self.device, "auto")
+        elif mode == "branch":
+            from adsrt.branch import to_branch
+
+            self.branch = to_branch(model, bundle)
+        self.model = model
+        self._c: Tensor | None = None
+
+    def classify(self, x: Tensor) -> Tensor:
+        if self.classifier is None:
+            raise BackendError("this bundle has no degradation classifier; force a degradation instead")
+        return self.classifier(x).float()
+
+    def update(self, c: Tensor) -> None:
+        if self.mode == "swap":
+            from adsrt.kernels.ads_update import ads_update
+
+            if c.shape[0] != 1:
+                raise BackendError("swap mode applies one c to all frames of a batch; use branch mode to mix them")
+            # validate=False: no host sync (the restorer checks c's finiteness when it downloads the frame)
+            ads_update(self.layout, c[0], backend=self.update_backend, validate=False)
+        elif self.mode == "branch":
+            self._c = c.to(self.dtype)
+
+    def restore(self, x: Tensor) -> Tensor:
+        if self.branch is not None:
+            if self._c is None:
+                raise BackendError("branch mode: call update(c) before restore")
+            return self.branch(x, self._c)
+        return self.model(x)
+
+    def describe(self) -> str:
+        text = super().describe()
+        if self.layout is not None:
+            text += f", fused update via {self.update_backend}"
+        if self.device.type == "cpu":
+            text += f", {torch.get_num_threads()} threads"
+        return text
+
+
+class _PendingBackend(Backend):
+    """A backend whose implementation arrives with the export issue (ONNX / TensorRT engines)."""
+
+    def __init__(self, bundle, **options) -> None:
+        raise BackendError(f"the {self.name} backend is available once the export issue lands "
+                           "(adsrt.export); use --backend torch (or auto)")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return "available once the export issue lands"
+
+    def classify(self, x: Tensor) -> Tensor:  # pragma: no cover - never constructed
+        raise NotImplementedError
+
+    def update(self, c: Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def restore(self, x: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class OnnxRuntimeBackend(_PendingBackend):
+    """ONNX Runtime on the CPU, running the ONNX graphs (swap or branch) that adsrt.export writes."""
+
+    name = "onnxruntime"
+
+
+class TensorRTBackend(_PendingBackend):
+    """TensorRT engines built from the exported ONNX (refit for swap mode, constant weights for branch)."""
+
+    name = "tensorrt"
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    "torch": TorchBackend,
+    "onnxruntime": OnnxRuntimeBackend,
+    "tensorrt": TensorRTBackend,
+}
+# Preference order of "auto" (the first available wins).
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every registered backend and why it is unavailable (None: available)."""
+    return {name: cls.unavailable_reason() for name, cls in BACKENDS.items()}
+
+
+def create_backend(bundle, name: str = "auto", *, device: str | torch.device | None = "auto",
+                   precision: str = "fp32", mode: str = "swap") -> Backend:
+    """Build backend ``name`` (or the best available one for ``"auto"``) for ``bundle``."""
+    if name == "auto":
+        reasons = available_backends()
+        name = next(n for n in AUTO_ORDER if reasons[n] is None)
+        skipped = [f"{n}: {reasons[n]}" for n in AUTO_ORDER if reasons[n] is not None]
+        log.info("backend auto -> %s (%s)", name, "; ".join(skipped) or "all available")
+    if name not in BACKENDS:
+        raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
+    return BACKENDS[name](bundle, device=device, precision=precision, mode=mode)
+
+
+class CudaGraphFrame:
+    """classify -> c (softmax, temporal smoothing) -> update -> restore of one frame shape, captured
+    once as a CUDA graph and replayed per frame (torch backend on CUDA; the fused update then reads c
+    from device memory, so nothing synchronises inside the frame).
+
+    ``run(x)`` copies ``x`` into the static input and replays; it returns the static output, c and
+    class probabilities (None when forced) tensors, overwritten by the next replay: copy what you keep. ``state`` is the caller's smoothing
+    state (see :func:`smooth_coefficients`; None: no smoothing); the graph reads and writes it in place,
+    so zeroing it restarts the smoothing. ``forced_c`` (``[1, k]``) skips the classifier.
+    """
+
+    def __init__(self, backend: Backend, shape: tuple[int, ...], *, temperature: float = 1.0, ema: float = 0.0,
+                 state: Tensor | None = None, forced_c: Tensor | None = None, warmup: int = 3) -> None:
+        if not isinstance(backend, TorchBackend) or backend.device.type != "cuda":
+            raise BackendError("CUDA graphs need the torch backend on a CUDA device")
+        self.backend = backend
+        self.temperature, self.ema = temperature, ema
+        self.state, self.forced_c = state, forced_c
+        self.x = torch.zeros(shape, device=backend.device, dtype=backend.dtype)
+        saved = None if state is None else state.clone()
+        side = torch.cuda.Stream(backend.device)
+        side.wait_stream(torch.cuda.current_stream(backend.device))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(warmup):  # first launches compile kernels and allocate workspaces
+                self._body()
+        torch.cuda.current_stream(backend.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.y, self.c, self.probs = self._body()
+        if saved is not None:
+            state.copy_(saved)  # warmup and capture ran the body: put the caller's state back
+
+    def _body(self) -> tuple[Tensor, Tensor, Tensor | None]:
+        probs = None
+        if self.forced_c is not None:
+            c = self.forced_c
+        else:
+            probs = torch.softmax(self.backend.classify(self.x) / self.temperature, dim=1)
+            c = smooth_coefficients(probs, self.state, self.ema)
+        self.backend.update(c)
+        return self.backend.restore(self.x), c, probs
+
+    def run(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        self.x.copy_(x)
+        self.graph.replay()
+        return self.y, self.c, self.probs

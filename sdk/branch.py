@@ -1,0 +1,189 @@
+"""Branch mode: ADS with constant weights and the coefficients as an input.
+
+Swap mode writes ``W_um + sum_d c_d delta_d`` into the live weights before each frame (see
+:mod:`adsrt.kernels`). Branch mode never writes a weight. Each convolution that has masked units for
+at least one degradation is wrapped in a :class:`BranchConv`, which computes, by linearity of the
+convolution in its weight,
+
+    y = conv(x, W_um) + b + scatter_o( c[:, d_r] * conv(x, D_r) )
+
+where row ``r`` of ``D`` is output filter ``o_r`` of the dense delta of degradation ``d_r`` (zero
+outside that degradation's masked units), for every output filter that holds at least one masked unit
+of ``d_r``. All rows of all degradations of a layer run as *one* extra convolution, scaled per row by
+the coefficient of its degradation and added back into their output channels (``index_add``, so rows
+of several degradations on one filter sum up). The result equals :func:`adsrt.ads.apply_ads` with the
+same ``c`` up to floating-point rounding; ``c`` is a tensor ``[B, k]``, so one batch can carry frames
+with different degradations (``[1, k]`` or ``[k]`` broadcast over the batch).
+
+Both granularities work. ``granularity="filter"``: a row is a whole masked filter. ``"kernel"``: a row
+is an output filter with at least one masked kernel slice ``W[o, i]``, zero on its other slices; for
+ungrouped convolutions the extra convolution also reads only the input channels that some masked slice
+uses. So the extra cost is about ``rows / out_channels`` of the layer (about ``k * q`` with filter
+granularity; more with kernel granularity, where q% of the slices touch many more than q% of the
+filters).
+
+Layers: every ``nn.Conv2d`` (any groups: for grouped and depthwise convolutions each row gathers the
+input channels of its own group and the extra convolution runs with one group per row; any padding
+mode) and every ``nn.ConvTranspose2d`` with groups 1, as :func:`adsrt.ads.eligible_convs` defines them.
+The wrapped model keeps the UM weights it was given (build it with ``bundle.build_um()``); the deltas
+are buffers, so ``.to(device, dtype)`` moves and casts them with the model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from adsrt.ads import UnitLayout, eligible_convs, unit_layouts
+from adsrt.errors import AdsrtError
+
+__all__ = ["BranchConv", "BranchModel", "to_branch"]
+
+
+class _CoefficientSlot:
+    """The coefficients of the current forward pass, shared by every :class:`BranchConv` of a model.
+
+    :class:`BranchModel` sets it for the duration of one call; a plain attribute (not a buffer), so a
+    trace sees ``c`` as the graph input it is.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: Tensor | None = None
+
+
+class BranchConv(nn.Module):
+    """A convolution with UM weights plus the masked delta rows of every degradation (see module doc)."""
+
+    def __init__(self, base: nn.Conv2d | nn.ConvTranspose2d, layout: UnitLayout,
+                 deltas: list[tuple[int, Tensor, Tensor]], slot: _CoefficientSlot) -> None:
+        """``deltas``: (degradation index, unit indices, delta values ``[n, unit_numel]``) per degradation."""
+        super().__init__()
+        self.base = base
+        self.transposed = isinstance(base, nn.ConvTranspose2d)
+        self._slot = slot
+        in_per_group = layout.in_channels
+        weights, row_degradation, row_channel, in_used = [], [], [], set()
+        for d_index, units, values in deltas:
+            units = units.to(torch.int64).cpu()
+            dense = torch.zeros(layout.numel, dtype=torch.float32)
+            dense[layout.element_offsets(units).reshape(-1)] = values.detach().float().cpu().reshape(-1)
+            dense = dense.view(layout.shape)
+            if layout.granularity == "filter":
+                outs = units
+                in_used.update(range(in_per_group))
+            else:
+                outs = torch.unique(units // in_per_group)
+                in_used.update((units % in_per_group).tolist())
+            weights.append(dense[:, outs] if self.transposed else dense[outs])
+            row_degradation.append(torch.full((len(outs),), d_index, dtype=torch.int64))
+            row_channel.append(outs)
+        weight = torch.cat(weights, dim=1 if self.transposed else 0)
+        channels = torch.cat(row_channel)
+        in_index = None
+        groups = base.groups
+        if groups == 1:
+            if len(in_used) < in_per_group:  # kernel granularity: read only the inputs a masked slice uses
+                in_index = torch.tensor(sorted(in_used), dtype=torch.int64)
+                weight = weight[in_index] if self.transposed else weight[:, in_index]
+            self.delta_groups = 1
+        else:
+            # One group per row: row r reads the in_per_group input channels of its filter's group.
+            out_per_group = base.out_channels // groups
+            group_of_row = channels // out_per_group
+            in_index = (group_of_row[:, None] * in_per_group + torch.arange(in_per_group)).reshape(-1)
+            self.delta_groups = len(channels)
+        self.register_buffer("delta_weight", weight.contiguous())
+        self.register_buffer("row_degradation", torch.cat(row_degradation))
+        self.register_buffer("row_channel", channels)
+        self.register_buffer("in_index", in_index)
+
+    @property
+    def rows(self) -> int:
+        """Extra output filters this layer computes (all degradations together)."""
+        return int(self.row_channel.numel())
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self._slot.value
+        if c is None:
+            raise AdsrtError("a BranchConv runs inside BranchModel.forward(x, c), which supplies the coefficients")
+        base = self.base
+        y = base(x)
+        xs, padding = x, base.padding
+        if base.padding_mode != "zeros":
+            xs = F.pad(xs, base._reversed_padding_repeated_twice, mode=base.padding_mode)
+            padding = 0
+        if self.in_index is not None:
+            xs = xs.index_select(1, self.in_index)
+        w = self.delta_weight.to(xs.dtype)
+        if self.transposed:
+            z = F.conv_transpose2d(xs, w, None, base.stride, base.padding, base.output_padding, 1, base.dilation)
+        else:
+            z = F.conv2d(xs, w, None, base.stride, padding, base.dilation, self.delta_groups)
+        coef = c.index_select(1, self.row_degradation).to(z.dtype)  # [B or 1, rows]
+        return y.index_add(1, self.row_channel, z * coef[:, :, None, None])
+
+    def extra_repr(self) -> str:
+        return f"rows={self.rows}, delta_groups={self.delta_groups}, inputs={'all' if self.in_index is None else len(self.in_index)}"
+
+
+class BranchModel(nn.Module):
+    """A model whose masked convolutions are :class:`BranchConv`; ``forward(x, c)`` with ``c`` ``[B, k]``."""
+
+    def __init__(self, model: nn.Module, degradations: list[str], slot: _CoefficientSlot) -> None:
+        super().__init__()
+        self.model = model
+        self.degradations = list(degradations)
+        self._slot = slot
+
+    @property
+    def k(self) -> int:
+        return len(self.degradations)
+
+    def branch_layers(self) -> dict[str, BranchConv]:
+        return {name: m for name, m in self.model.named_modules() if isinstance(m, BranchConv)}
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        if c.dim() == 1:
+            c = c.unsqueeze(0)
+        if c.dim() != 2 or c.shape[1] != self.k or c.shape[0] not in (1, x.shape[0]):
+            raise AdsrtError(
+                f"coefficients must have shape [B, {self.k}] or [{self.k}] for a batch of {x.shape[0]}, "
+                f"got {tuple(c.shape)}"
+            )
+        self._slot.value = c
+        try:
+            return self.model(x)
+        finally:
+            self._slot.value = None
+
+
+def to_branch(model: nn.Module, bundle) -> BranchModel:
+    """Wrap every convolution of ``model`` that has masked units in ``bundle`` (see the module doc).
+
+    ``model`` must hold the UM weights (``bundle.build_um()``) and is modified in place (its masked
+    convolutions become :class:`BranchConv` modules); the returned :class:`BranchModel` owns it.
+    """
+    convs = eligible_convs(model)
+    layouts = unit_layouts(model, bundle.granularity)
+    per_layer: dict[str, list[tuple[int, Tensor, Tensor]]] = {}
+    for d_index, d in enumerate(bundle.degradations):
+        for layer, delta in bundle.deltas.get(d, {}).items():
+            if layer not in convs:
+                raise AdsrtError(f"bundle/model mismatch: the model has no eligible convolution {layer!r}")
+            if len(delta.units):
+                per_layer.setdefault(layer, []).append((d_index, delta.units, delta.values))
+    slot = _CoefficientSlot()
+    for layer, deltas in per_layer.items():
+        module_name = layer.rsplit(".", 1)[0] if "." in layer else ""
+        if not module_name:
+            raise AdsrtError("the model itself is a convolution; wrap it in a container first")
+        parent_name, _, child = module_name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wrapper = BranchConv(convs[layer], layouts[layer], deltas, slot)
+        base = convs[layer]
+        wrapper.to(device=base.weight.device, dtype=base.weight.dtype)
+        setattr(parent, child, wrapper)
+    return BranchModel(model, list(bundle.degradations), slot)

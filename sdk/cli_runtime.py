@@ -1,0 +1,268 @@
+"""The runtime commands of the ``adsrt`` CLI: ``restore``, ``classify`` and ``bench latency``.
+
+    adsrt restore INPUT [OUTPUT] [--bundle B] [--backend auto|torch|...] [--mode swap|branch|um]
+                  [--device D] [--precision fp32|fp16|bf16] [--tile N] [--force DEGRADATION]
+                  [--side-by-side] [--stats JSON] [--input-* ...] [--output-* ...]
+    adsrt classify INPUT [--bundle B] [--json]
+    adsrt bench latency [--json OUT]
+
+INPUT and OUTPUT follow the jetson-inference grammar (see :mod:`adsrt.video`). Progress bars show
+frames of files, and frames and FPS of live streams; ``-q`` turns them off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _restorer(args: argparse.Namespace, **overrides: Any):
+    from adsrt.restorer import Restorer, RestorerConfig, resolve_bundle
+
+    bundle, label = resolve_bundle(args.bundle)
+    options = dict(backend=args.backend, device=args.device, precision=getattr(args, "precision", "fp32"),
+                   mode=getattr(args, "mode", "swap"))
+    for name in ("force", "tile", "tile_overlap", "memory_limit_mb", "ema", "temperature", "scene_threshold",
+                 "cuda_graph"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    options.update(overrides)
+    return Restorer(bundle, RestorerConfig(**options), source=label)
+
+
+def _source_options(args: argparse.Namespace):
+    from adsrt.video import SourceOptions
+
+    return SourceOptions(width=args.input_width, height=args.input_height, rate=args.input_rate,
+                         max_frames=args.input_frames, retries=args.input_retries, backoff_s=args.input_backoff)
+
+
+# ------------------------------------------------------------------------------------------------ restore
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.video import SinkOptions, check_writable_folder, open_sink, open_source, process
+
+    if args.stats:
+        stats = Path(args.stats)
+        check_writable_folder(stats.parent, stats)
+    source = open_source(args.input, _source_options(args))  # bad input fails before the model loads
+    try:
+        restorer = _restorer(args)
+        sink = open_sink(args.output, source, SinkOptions(codec=args.output_codec, rate=args.output_rate,
+                                                          ext=args.output_ext, suffix=args.output_suffix))
+    except BaseException:
+        source.close()
+        raise
+    if not args.quiet:
+        print(f"adsrt restore: {source.describe()} -> {sink.path}", file=sys.stderr)
+    with _sigterm_as_interrupt():
+        report = process(source, sink, restorer, side_by_side=args.side_by_side, collect_stats=bool(args.stats),
+                         progress=not args.quiet)
+    if args.stats:
+        write_json(args.stats, _stats(report, restorer))
+    if report.interrupted:
+        kept = "kept the playable part" if report.kept_partial else "nothing playable was kept"
+        print(f"adsrt restore: interrupted after {report.frames_out} frames; {kept} ({sink.path})", file=sys.stderr)
+        return 130
+    print(f"{report.summary()} -> {sink.path}")
+    return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (``kill``, a service manager stopping us) ends a run like Ctrl-C: the output is closed and
+    its playable part kept, instead of dying with a temporary file left behind."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stats(report, restorer) -> dict[str, Any]:
+    frames = report.frames
+    mean = {}
+    if frames:
+        for key in frames[0]["timings_ms"]:
+            mean[key] = sum(f["timings_ms"][key] for f in frames) / len(frames)
+    return {
+        **{k: v for k, v in report.to_json().items() if k != "frames"},
+        "bundle": restorer.source,
+        "backend": restorer.backend_name,
+        "mode": restorer.mode,
+        "device": str(restorer.device),
+        "degradations": restorer.degradations,
+        "mean_timings_ms": mean,
+        "frames": frames,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- classify
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from adsrt.video import open_source
+
+    source = open_source(args.input, _source_options(args))
+    try:
+        restorer = _restorer(args, mode="um")  # no layout or branch modules: the classifier is all it needs
+        classes = [*restorer.degradations, "clean"]
+        items = []
+        for frame in source:
+            name = frame.name or f"frame {frame.index}"
+            if frame.image is None:
+                items.append({"name": name, "index": frame.index, "error": frame.error or "unreadable"})
+                continue
+            probs = restorer.classify(frame.image)
+            items.append({"name": name, "index": frame.index, "probabilities": probs, "top": max(probs, key=probs.get)})
+    finally:
+        source.close()
+    if args.json:
+        print(json.dumps({"input": source.uri, "bundle": restorer.source, "classes": classes, "items": items},
+                         indent=2, allow_nan=False))
+        return 0
+    width = max(8, *(len(item["name"]) for item in items))
+    print(f"{'input':<{width}}  " + "  ".join(f"{c:>8}" for c in classes) + "  top")
+    for item in items:
+        if "error" in item:
+            print(f"{item['name']:<{width}}  skipped: {item['error']}")
+            continue
+        p = item["probabilities"]
+        print(f"{item['name']:<{width}}  " + "  ".join(f"{p[c]:>8.3f}" for c in classes) + f"  {item['top']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ bench latency
+
+
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.latency_benchmark import LatencyBenchConfig, run_latency_benchmark
+
+    config = LatencyBenchConfig(
+        backbone=args.backbone,
+        device=args.device,
+        precision=args.precision,
+        backends=None if args.backends is None else tuple(_csv(args.backends)),
+        modes=tuple(_csv(args.modes)),
+        sizes=tuple(_csv(args.sizes)),
+        iters=args.iters,
+        min_iters=min(args.iters, 3),
+        threads=args.threads,
+        progress=not args.quiet,
+    )
+    result = run_latency_benchmark(config)
+    print(result.table())
+    if args.json:
+        write_json(args.json, result.to_json())
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# ------------------------------------------------------------------------------------------------- parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", default="default",
+                   help="bundle file (.safetensors) or bundled model name (default: 'default', which does not "
+                        "ship yet: pass a file)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default auto: the best available, logged)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input options")
+    g.add_argument("--input-width", type=_positive_int, help="cameras: requested capture width")
+    g.add_argument("--input-height", type=_positive_int, help="cameras: requested capture height")
+    g.add_argument("--input-rate", type=float, help="cameras: requested frame rate")
+    g.add_argument("--input-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    g.add_argument("--input-retries", type=int, default=5, metavar="N",
+                   help="network streams: reconnect attempts before stopping (default 5)")
+    g.add_argument("--input-backoff", type=float, default=0.5, metavar="S",
+                   help="network streams: first reconnect delay in seconds, doubled per attempt (default 0.5)")
+
+
+def add_runtime_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
+    """Register ``restore`` and ``classify`` on the top-level subparsers and ``latency`` on ``bench``'s."""
+    p = sub.add_parser("restore", help="restore an image, folder, video, camera or stream",
+                       description="Restore INPUT into OUTPUT. INPUT: image, folder, video file, file://..., "
+                                   "v4l2:///dev/videoN or a camera index, rtsp://... OUTPUT: image (for an image), "
+                                   "folder, or video file; omitted: next to the input with --output-suffix.")
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT", nargs="?")
+    _add_model_options(p)
+    p.add_argument("--mode", default="swap", choices=("swap", "branch", "um"),
+                   help="swap: fused in-place weight update; branch: constant weights, c as an input (same output "
+                        "to fp32 rounding); um: the unified model only (baseline)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16 on CUDA only")
+    p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles (overlapping, blended)")
+    p.add_argument("--tile-overlap", type=int, metavar="N", help="tile overlap in pixels (default 32)")
+    p.add_argument("--memory-limit", dest="memory_limit_mb", type=float, metavar="MB",
+                   help="tile frames whose estimated activations exceed MB (default 4096; 0 = never)")
+    p.add_argument("--force", metavar="DEGRADATION",
+                   help="skip the classifier: apply this degradation's delta fully ('clean': the UM alone)")
+    p.add_argument("--ema", type=float, help="video: weight of the previous frame's c (default 0.8; 0 = none)")
+    p.add_argument("--temperature", type=float, help="classifier softmax temperature (default 1)")
+    p.add_argument("--scene-threshold", type=float,
+                   help="video: thumbnail difference that restarts the smoothing of c (default 0.1)")
+    p.add_argument("--cuda-graph", action="store_true", default=None,
+                   help="CUDA: capture classify -> update -> restore as one graph per frame size")
+    p.add_argument("--side-by-side", action="store_true", help="write original | restored side by side")
+    p.add_argument("--stats", metavar="JSON", help="write per-frame c, probabilities and stage timings as JSON")
+    _add_input_options(p)
+    g = p.add_argument_group("output options")
+    g.add_argument("--output-codec", metavar="FOURCC",
+                   help="video codec (default by extension: .mp4 mp4v, .avi MJPG, .mkv FFV1)")
+    g.add_argument("--output-rate", type=float, metavar="FPS", help="video frame rate (default: the input's, else 30)")
+    g.add_argument("--output-ext", metavar="EXT", help="image format of folder outputs (default: the input's, else .png)")
+    g.add_argument("--output-suffix", default="_restored",
+                   help="suffix of the default output name next to the input (default _restored)")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("classify", help="degradation probabilities of an image, folder, video or stream")
+    p.add_argument("input", metavar="INPUT")
+    _add_model_options(p)
+    p.add_argument("--temperature", type=float, help="softmax temperature (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_input_options(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = bench.add_parser("latency", help="per-frame latency p50/p90/p99 at 480p/720p/1080p for each available "
+                                         "backend and mode, with the ADS overhead (random sparse deltas)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
+    p.add_argument("--backends", help="comma-separated backends (default: every available one)")
+    p.add_argument("--modes", default="um,swap,branch", help="comma-separated modes (default um,swap,branch)")
+    p.add_argument("--sizes", default="480p,720p,1080p", help="comma-separated sizes (default 480p,720p,1080p)")
+    p.add_argument("--iters", type=_positive_int, default=10, help="timed frames per row (default 10)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--threads", type=_positive_int, help="CPU: torch threads (default: torch's setting)")
+    p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench_latency)
+

@@ -1,0 +1,397 @@
+"""The runtime API: ``adsrt.load(...) -> Restorer``; ``restore``, ``classify`` and ``stream`` on images.
+
+    import adsrt
+    restorer = adsrt.load("model.safetensors")            # backend="auto", device="auto", mode="swap"
+    clean = restorer.restore(rgb)                          # HxWx3 uint8 in, same shape out
+    restorer.classify(rgb)                                 # {"noise": 0.91, "blur": 0.05, ..., "clean": 0.01}
+    for out in restorer.stream(frames): ...                # video: c smoothed over time, reset at scene cuts
+    restorer.timings                                       # ms per stage of the last frame
+
+Images are numpy ``HxWx3 uint8`` arrays in the channel order of ``RestorerConfig.channel_order``
+(RGB by default; ``"BGR"`` for OpenCV frames); the output has the same shape and order.
+
+Per frame: decode (array -> tensor on the device, value range and channel order of the bundle's input
+contract) -> classify (the degradation classifier, which views a large frame through a grid of windows at
+its training scale, see :class:`adsrt.train.models.DegradationClassifier`: ``p = softmax(logits / T)``,
+``c = p[:k]``; the last class is clean/unknown) -> update (``c`` into the model: the fused in-place
+update in swap mode, an input in branch mode) -> restore (whole frame, or overlapping blended tiles for
+large frames, see :mod:`adsrt.tiling`) -> encode (tensor -> uint8 array). ``force`` skips the
+classifier (a one-hot ``c``; ``"clean"`` gives ``c = 0``, the plain UM).
+
+Streams (:meth:`Restorer.stream`, :meth:`Restorer.step`) smooth ``c`` with an EMA
+(``c_t = ema * c_{t-1} + (1 - ema) * p_t[:k]``) and restart it at a scene cut: when the mean absolute
+difference of 32x32 grey thumbnails of consecutive frames exceeds ``scene_threshold`` (on [0, 1]).
+
+A non-finite output frame (or non-finite ``c``) raises :class:`adsrt.errors.RestoreError`: the input
+is 8-bit and always finite, so this means a broken model or backend, never a bad frame, and it is not
+silently written out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from adsrt.backends import MODES, PRECISIONS, Backend, CudaGraphFrame, create_backend, smooth_coefficients
+from adsrt.bundle import Bundle, load_bundle
+from adsrt.errors import AdsrtError, BundleError, InputError, RestoreError
+from adsrt.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FrameInfo", "Restorer", "RestorerConfig", "Timings", "bundled_models", "load", "resolve_bundle"]
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+CLEAN = "clean"
+STAGES = ("decode", "classify", "update", "restore", "encode")
+THUMB_SIZE = 32
+
+
+@dataclass
+class RestorerConfig:
+    """How a :class:`Restorer` runs. Every field has a default; :func:`load` takes them as keywords."""
+
+    backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (the last two on CUDA)
+    mode: str = "swap"  # swap | branch | um (UM only: no classifier, no deltas; a baseline)
+    channel_order: str = "RGB"  # of the arrays passed in and returned
+    force: str | None = None  # a degradation name (skip the classifier, c one-hot) or "clean" (c = 0)
+    temperature: float = 1.0  # softmax temperature of the classifier
+    ema: float = 0.8  # streams: weight of the previous c (0 = no smoothing; 0.8 ~ 5 frames at 30 fps)
+    scene_threshold: float = 0.1  # streams: thumbnail mean abs difference that restarts the smoothing
+    tile: int | None = None  # tile size in pixels; None = whole frames unless memory_limit_mb needs tiles
+    tile_overlap: int = 32
+    memory_limit_mb: float = 4096.0  # estimated activation memory per forward pass; 0 = no limit
+    cuda_graph: bool = False  # CUDA: capture classify -> update -> restore per frame size and replay it
+    sync_timings: bool = True  # CUDA: synchronise between stages so the stage timings are true
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise AdsrtError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.precision not in PRECISIONS:
+            raise AdsrtError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.channel_order not in ("RGB", "BGR"):
+            raise AdsrtError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise AdsrtError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.ema < 1.0:
+            raise AdsrtError(f"ema must be in [0, 1), got {self.ema}")
+        if not self.scene_threshold > 0:
+            raise AdsrtError(f"scene_threshold must be > 0, got {self.scene_threshold}")
+        if self.tile is not None and self.tile < 16:
+            raise AdsrtError(f"tile must be at least 16 pixels, got {self.tile}")
+        if self.tile_overlap < 0 or self.memory_limit_mb < 0:
+            raise AdsrtError("tile_overlap and memory_limit_mb must be >= 0")
+
+
+@dataclass
+class Timings:
+    """Milliseconds per stage of one frame (see the module doc for the stages)."""
+
+    decode: float = 0.0
+    classify: float = 0.0
+    update: float = 0.0
+    restore: float = 0.0
+    encode: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.decode + self.classify + self.update + self.restore + self.encode
+
+    @property
+    def ads(self) -> float:
+        """What ADS adds to a UM frame: classify + update."""
+        return self.classify + self.update
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "total": self.total}
+
+
+@dataclass
+class FrameInfo:
+    """What happened to the last frame: coefficients, class probabilities, scene cut, tiles, timings."""
+
+    c: dict[str, float]
+    probabilities: dict[str, float] | None  # None when the classifier was skipped (force, um mode)
+    scene_change: bool = False
+    tiles: int = 1
+    timings: Timings = field(default_factory=Timings)
+
+
+# ------------------------------------------------------------------------------------------- bundles
+
+
+def bundled_models() -> dict[str, Path]:
+    """Bundles shipped inside the package (``adsrt/models/<name>.safetensors``), by name."""
+    if not MODELS_DIR.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.safetensors"))}
+
+
+def resolve_bundle(bundle: str | os.PathLike | Bundle) -> tuple[Bundle, str]:
+    """A bundle and a label for it, from a :class:`Bundle`, a file path or a bundled model name."""
+    if isinstance(bundle, Bundle):
+        return bundle, "<in-memory bundle>"
+    text = os.fspath(bundle)
+    path = Path(text)
+    if path.exists() or path.suffix == ".safetensors" or "/" in text or os.sep in text:
+        return load_bundle(path), str(path)
+    models = bundled_models()
+    if text in models:
+        return load_bundle(models[text]), f"{text} ({models[text]})"
+    if text == "default":
+        raise BundleError(
+            "no default bundle ships with this version of adsrt yet (it comes with the release that trains "
+            "it); pass a bundle file: adsrt.load('model.safetensors'), or --bundle model.safetensors"
+        )
+    raise BundleError(f"{text!r} is neither a bundle file nor a bundled model (bundled: {', '.join(models) or 'none'})")
+
+
+def load(bundle: str | os.PathLike | Bundle = "default", *, backend: str = "auto", device: str = "auto",
+         precision: str = "fp32", mode: str = "swap", **options: Any) -> Restorer:
+    """A :class:`Restorer` for ``bundle`` (a file, a bundled model name, or a :class:`Bundle`).
+
+    ``options`` are the other fields of :class:`RestorerConfig` (``channel_order``, ``force``, ``tile``,
+    ``ema``, ...). Which backend ``"auto"`` chose is logged and in :meth:`Restorer.describe`.
+    """
+    known = {f.name for f in fields(RestorerConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AdsrtError(f"unknown option(s) {unknown}; known: {sorted(known)}")
+    config = RestorerConfig(backend=backend, device=device, precision=precision, mode=mode, **options)
+    resolved, label = resolve_bundle(bundle)
+    return Restorer(resolved, config, source=label)
+
+
+# ------------------------------------------------------------------------------------------ restorer
+
+
+class Restorer:
+    """Restores frames with one bundle on one backend; caches the model, layout and graphs it builds."""
+
+    def __init__(self, bundle: Bundle, config: RestorerConfig | None = None, *, source: str = "<bundle>") -> None:
+        self.config = config = config or RestorerConfig()
+        config.check()
+        self.bundle = bundle
+        self.source = source
+        self.degradations = list(bundle.degradations)
+        self.k = len(self.degradations)
+        self._forced: Tensor | None = None
+        if config.force is not None:
+            if config.force not in (*self.degradations, CLEAN):
+                raise AdsrtError(f"cannot force {config.force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
+        elif config.mode != "um" and bundle.classifier is None:
+            raise AdsrtError("this bundle has no degradation classifier: force a degradation (force=/--force)")
+        self.backend: Backend = create_backend(bundle, config.backend, device=config.device,
+                                               precision=config.precision, mode=config.mode)
+        self.device = self.backend.device
+        if config.force is not None or config.mode == "um":
+            forced = torch.zeros(1, self.k, dtype=torch.float32)
+            if config.mode == "um":
+                if config.force is not None:
+                    log.warning("force=%s has no effect in um mode (the UM alone, c = 0)", config.force)
+            elif config.force in self.degradations:
+                forced[0, self.degradations.index(config.force)] = 1.0
+            self._forced = forced.to(self.device)
+        lo, hi = bundle.input.value_range
+        self._lo, self._scale = float(lo), float(hi - lo)
+        self._flip = config.channel_order != bundle.input.channel_order
+        self._multiple = bundle.input.pad_multiple
+        self._bytes_per_pixel = activation_bytes_per_pixel(bundle.backbone, PRECISIONS[config.precision].itemsize)
+        self._state = torch.zeros(self.k + 1, dtype=torch.float32, device=self.device)
+        self._prev_thumb: np.ndarray | None = None
+        self._graphs: dict[tuple, CudaGraphFrame] = {}
+        if config.cuda_graph and self.device.type != "cuda":
+            log.warning("cuda_graph ignored: the backend runs on %s", self.device)
+        self.timings = Timings()
+        self.last: FrameInfo | None = None
+        self.skipped = 0  # frames stream() skipped (None or not an image)
+        log.info("restorer: %s", self.describe())
+
+    # ----------------------------------------------------------------------------------------- info
+
+    @property
+    def mode(self) -> str:
+        return self.backend.mode
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def describe(self) -> str:
+        c = self.config
+        how = f"force {c.force}" if c.force else ("UM only" if c.mode == "um" else f"classifier (T={c.temperature:g})")
+        return f"{self.backend.describe()}; bundle {self.source}; degradations {self.degradations}; c from {how}"
+
+    # ------------------------------------------------------------------------------------------ API
+
+    def restore(self, image: np.ndarray) -> np.ndarray:
+        """Restore one image (no temporal state). HxWx3 uint8 in :attr:`config` channel order."""
+        return self._run(image, temporal=False)
+
+    def step(self, frame: np.ndarray) -> np.ndarray:
+        """Restore the next frame of a stream: c is smoothed over frames and restarted at scene cuts."""
+        return self._run(frame, temporal=True)
+
+    def stream(self, frames: Iterable[np.ndarray | None]) -> Iterator[np.ndarray]:
+        """Restore frames in order with temporal state (see :meth:`step`). ``None`` or non-image items
+        (broken frames of a source) are skipped with a warning and counted in :attr:`skipped`."""
+        self.reset()
+        for index, frame in enumerate(frames):
+            if not _is_frame(frame):
+                self.skipped += 1
+                log.warning("frame %d: not an HxWx3 uint8 image (%s); skipped", index, _what(frame))
+                continue
+            yield self.step(frame)
+
+    def reset(self) -> None:
+        """Forget the temporal state (smoothed c, previous frame) and the skip count."""
+        self._state.zero_()
+        self._prev_thumb = None
+        self.skipped = 0
+
+    def classify(self, image: np.ndarray) -> dict[str, float]:
+        """Class probabilities of one image: ``{degradation: p, ..., "clean": p}`` (they sum to 1)."""
+        if not self.backend.has_classifier:
+            raise AdsrtError("this bundle has no degradation classifier")
+        x = self._decode(image)
+        with torch.no_grad():
+            probs = torch.softmax(self.backend.classify(x) / self.config.temperature, dim=1)[0].cpu()
+        if not bool(torch.isfinite(probs).all()):
+            raise RestoreError("the classifier produced non-finite probabilities (broken bundle or backend?)")
+        return dict(zip([*self.degradations, CLEAN], probs.tolist(), strict=True))
+
+    # ------------------------------------------------------------------------------------ internals
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda" and self.config.sync_timings:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _decode(self, image: np.ndarray) -> Tensor:
+        if not _is_frame(image):
+            raise InputError(f"expected an HxWx3 uint8 image, got {_what(image)}")
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None]
+        if self._flip:
+            x = x.flip(1)
+        x = x.float().mul_(self._scale / 255.0)
+        if self._lo:
+            x.add_(self._lo)
+        return x.to(self.backend.dtype).contiguous()
+
+    def _encode(self, y: Tensor) -> np.ndarray:
+        y = y.float()
+        if self._flip:
+            y = y.flip(1)
+        if self._lo:
+            y = y - self._lo
+        y = y.mul(255.0 / self._scale).clamp_(0.0, 255.0).round_().to(torch.uint8)
+        return np.ascontiguousarray(y[0].permute(1, 2, 0).cpu().numpy())
+
+    def _scene_cut(self, image: np.ndarray) -> bool:
+        thumb = cv2.resize(image, (THUMB_SIZE, THUMB_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumb = thumb.mean(axis=2) / 255.0
+        prev, self._prev_thumb = self._prev_thumb, thumb
+        if prev is None:
+            return False
+        return float(np.abs(thumb - prev).mean()) > self.config.scene_threshold
+
+    def _tile_for(self, h: int, w: int) -> int | None:
+        tile = self.config.tile
+        if tile is not None:
+            return tile if (h > tile or w > tile) else None
+        return auto_tile(h, w, self._bytes_per_pixel, self.config.memory_limit_mb, self._multiple)
+
+    def _restore_tensor(self, x: Tensor, tile: int | None) -> Tensor:
+        if tile is None:
+            return self.backend.restore(x)
+        return tiled_forward(self.backend.restore, x, tile, self.config.tile_overlap, self._multiple)
+
+    def _graph(self, shape: tuple[int, ...], temporal: bool) -> CudaGraphFrame:
+        key = (shape, temporal)
+        if key not in self._graphs:
+            if len(self._graphs) >= 4:  # a stream of changing sizes should not pile up graphs
+                self._graphs.pop(next(iter(self._graphs)))
+            log.info("capturing a CUDA graph for frames of %s", shape)
+            self._graphs[key] = CudaGraphFrame(
+                self.backend, shape, temperature=self.config.temperature, ema=self.config.ema,
+                state=self._state if temporal else None, forced_c=self._forced)
+        return self._graphs[key]
+
+    def _run(self, image: np.ndarray, *, temporal: bool) -> np.ndarray:
+        cfg = self.config
+        t0 = self._clock()
+        x = self._decode(image)
+        scene = temporal and self._scene_cut(image)
+        if scene:
+            self._state.zero_()
+            log.debug("scene change: smoothing of c restarted")
+        h, w = x.shape[-2:]
+        tile = self._tile_for(h, w)
+        timings = Timings()
+        t1 = self._clock()
+        timings.decode = (t1 - t0) * 1e3
+        probs = None
+        with torch.no_grad():
+            if cfg.cuda_graph and self.device.type == "cuda" and tile is None:
+                y, c, probs = self._graph(tuple(x.shape), temporal).run(x)
+                t3 = self._clock()
+                timings.restore = (t3 - t1) * 1e3  # one replay: classify, update and restore together
+            else:
+                if self._forced is not None:
+                    c = self._forced
+                else:
+                    probs = torch.softmax(self.backend.classify(x) / cfg.temperature, dim=1)
+                    c = smooth_coefficients(probs, self._state if temporal else None, cfg.ema)
+                t2 = self._clock()
+                self.backend.update(c)
+                t3 = self._clock()
+                timings.classify, timings.update = (t2 - t1) * 1e3, (t3 - t2) * 1e3
+                y = self._restore_tensor(x, tile)
+                t4 = self._clock()
+                timings.restore = (t4 - t3) * 1e3
+                t3 = t4
+            finite = torch.isfinite(y).all()
+            out = self._encode(y)  # downloads: the device work is done after this
+            c_host = c[0].float().cpu()
+            probs_host = None if probs is None else probs[0].float().cpu()
+        if not bool(torch.isfinite(c_host).all()):
+            raise RestoreError(f"non-finite coefficients {c_host.tolist()} (broken classifier?); frame not written")
+        if not bool(finite):
+            raise RestoreError("the restored frame holds NaN or infinite values (broken bundle or backend?); "
+                               "frame not written")
+        timings.encode = (self._clock() - t3) * 1e3
+        n_tiles = 1 if tile is None else plan_tiles(h, w, tile, cfg.tile_overlap, self._multiple).n_tiles
+        self.timings = timings
+        self.last = FrameInfo(
+            c=dict(zip(self.degradations, c_host.tolist(), strict=True)),
+            probabilities=None if probs_host is None else dict(zip([*self.degradations, CLEAN], probs_host.tolist(),
+                                                                    strict=True)),
+            scene_change=scene,
+            tiles=n_tiles,
+            timings=timings,
+        )
+        return out
+
+
+def _is_frame(image: Any) -> bool:
+    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 \
+        and image.shape[0] > 0 and image.shape[1] > 0
+
+
+def _what(obj: Any) -> str:
+    if isinstance(obj, np.ndarray):
+        return f"array {obj.dtype} {obj.shape}"
+    return type(obj).__name__
