@@ -66,6 +66,7 @@ except ImportError:  # pragma: no cover - exercised by a test that hides triton
     tl = None
 
 HAS_TRITON = triton is not None
+TRITON_VERSION = triton.__version__ if HAS_TRITON else "none"  # recorded next to benchmark rows
 BACKENDS = ("auto", "triton", "torch")
 _BLOCK = 1024  # union values per program: 4 warps x 32 lanes x 8 values
 _NUM_WARPS = 4

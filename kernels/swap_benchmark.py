@@ -321,7 +321,7 @@ def run_swap_benchmark(config: SwapBenchConfig) -> SwapBenchResult:
 def _run(config: SwapBenchConfig) -> SwapBenchResult:
     from tqdm import tqdm
 
-    from adsrt.kernels.ads_update import HAS_TRITON, ads_update, resolve_backend
+    from adsrt.kernels.ads_update import HAS_TRITON, TRITON_VERSION, ads_update, resolve_backend
 
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -364,12 +364,6 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
     if layout.refused():
         raise AdsrtError("an update was refused during the benchmark (non-finite coefficients?)")
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     notes = [
         f"bundle: {config.backbone} with random sparse deltas (no trained bundle yet), "
         f"q={config.q:g} per degradation, seed {config.seed}",
@@ -384,7 +378,7 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
         device_name=device_name(device),
         backend=backend,
         torch_version=torch.__version__,
-        triton_version=triton_version,
+        triton_version=TRITON_VERSION,
         date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         rows=rows,
         peak_gb_per_s=peak_bandwidth_gb_per_s(device),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,16 +27,11 @@ log = logging.getLogger("adsrt")
 # ------------------------------------------------------------------------------------------------ degrade
 
 
-def _file_rng(seed: int, name: str) -> np.random.Generator:
-    """One generator per file, keyed by its name, so a file degrades the same alone or in a folder."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
 def cmd_degrade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, write_image
-    from adsrt.train.degradations import degrade, parse_specs
+    from adsrt.train.degradations import degrade, keyed_rng, parse_specs
 
     specs = parse_specs(args.kind)  # validates names and levels before any file is touched
     src, dst = Path(args.input), Path(args.output)
@@ -53,11 +47,11 @@ def cmd_degrade(args: argparse.Namespace) -> int:
             raise OutputError(f"unsupported --ext {args.ext!r}")
         for path in tqdm(paths, desc=f"degrade {args.kind}", unit="img", disable=args.quiet):
             image = read_image(path)
-            write_image(dst / f"{path.stem}{suffix}", degrade(image, specs, _file_rng(args.seed, path.name)))
+            write_image(dst / f"{path.stem}{suffix}", degrade(image, specs, keyed_rng(args.seed, path.name)))
         print(f"{len(paths)} images degraded with {args.kind} -> {dst}")
     else:
         image = read_image(src)
-        write_image(dst, degrade(image, specs, _file_rng(args.seed, src.name)))
+        write_image(dst, degrade(image, specs, keyed_rng(args.seed, src.name)))
         print(f"{src} degraded with {args.kind} -> {dst}")
     return 0
 

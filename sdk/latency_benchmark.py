@@ -262,6 +262,7 @@ def _time_size(restorers: dict, frame: np.ndarray, config: LatencyBenchConfig, b
 def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
     from tqdm import tqdm
 
+    from adsrt.kernels.ads_update import TRITON_VERSION
     from adsrt.kernels.swap_benchmark import device_name
     from adsrt.restorer import Restorer, RestorerConfig
 
@@ -305,12 +306,6 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
         replace(r, over_um_frac=r.p50_ms / um[(r.backend, r.height)] - 1.0) if (r.backend, r.height) in um else r
         for r in rows
     ]
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
     notes = [
         f"bundle: {config.backbone} with random sparse deltas at q={config.q:g} per degradation "
         f"(no trained bundle yet), classifier input {classifier.input_size}, width {classifier.width}, "
@@ -323,7 +318,7 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
         config=config,
         device_name=device_name(device),
         torch_version=torch.__version__,
-        triton_version=triton_version,
+        triton_version=TRITON_VERSION,
         threads=torch.get_num_threads(),
         date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         rows=rows,
