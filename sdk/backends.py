@@ -12,11 +12,11 @@ Registered backends (:data:`BACKENDS`):
 
 - ``torch`` (CPU and CUDA; fp32 everywhere, fp16/bf16 on CUDA; optional CUDA-graph capture of
   classify -> update -> restore, see :class:`CudaGraphFrame`);
-- ``onnxruntime`` and ``tensorrt``: the interface is shared, the implementations come with the export
-  issue (:mod:`adsrt.export`); until then creating them raises :class:`BackendError`.
+- ``onnxruntime`` (:mod:`adsrt.export.onnxruntime_backend`: the exported ONNX graphs on the CPU) and
+  ``tensorrt`` (:mod:`adsrt.export.tensorrt_backend`: engines, refit in swap mode), imported on first use.
 
-``name="auto"`` picks the best available backend (for now always ``torch``, on CUDA when torch sees a
-GPU, else on the CPU) and logs which.
+``name="auto"`` picks the best available backend and logs which: TensorRT where it runs, torch on CUDA,
+else ONNX Runtime on the CPU (exporting and caching the graphs on first use), else torch.
 
 Modes (:data:`MODES`): ``swap`` (the fused ADS update of :mod:`adsrt.kernels` rewrites the masked
 weights in place), ``branch`` (constant weights, ``c`` as an input: :mod:`adsrt.branch`; one batch may
@@ -43,8 +43,6 @@ __all__ = [
     "PRECISIONS",
     "Backend",
     "CudaGraphFrame",
-    "OnnxRuntimeBackend",
-    "TensorRTBackend",
     "TorchBackend",
     "available_backends",
     "create_backend",
@@ -193,46 +191,34 @@ class TorchBackend(Backend):
         return text
 
 
-class _PendingBackend(Backend):
-    """A backend whose implementation arrives with the export issue (ONNX / TensorRT engines)."""
+class _ExportedBackend:
+    """A backend implemented in :mod:`adsrt.export`, imported only when used (onnx, onnxruntime and
+    tensorrt are optional and slow to import). Behaves like a backend class: call it to construct one."""
 
-    def __init__(self, bundle, **options) -> None:
-        raise BackendError(f"the {self.name} backend is available once the export issue lands "
-                           "(adsrt.export); use --backend torch (or auto)")
+    def __init__(self, name: str, module: str, cls: str, reason: str) -> None:
+        self.name, self._module, self._cls, self._reason = name, module, cls, reason
 
-    @classmethod
-    def unavailable_reason(cls) -> str | None:
-        return "available once the export issue lands"
+    def _load(self):
+        import importlib
 
-    def classify(self, x: Tensor) -> Tensor:  # pragma: no cover - never constructed
-        raise NotImplementedError
+        return importlib.import_module(self._module)
 
-    def update(self, c: Tensor) -> None:  # pragma: no cover
-        raise NotImplementedError
+    def __call__(self, bundle, **options) -> Backend:
+        return getattr(self._load(), self._cls)(bundle, **options)
 
-    def restore(self, x: Tensor) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def unavailable_reason(self) -> str | None:
+        return getattr(self._load(), self._reason)()
 
 
-class OnnxRuntimeBackend(_PendingBackend):
-    """ONNX Runtime on the CPU, running the ONNX graphs (swap or branch) that adsrt.export writes."""
-
-    name = "onnxruntime"
-
-
-class TensorRTBackend(_PendingBackend):
-    """TensorRT engines built from the exported ONNX (refit for swap mode, constant weights for branch)."""
-
-    name = "tensorrt"
-
-
-BACKENDS: dict[str, type[Backend]] = {
+BACKENDS: dict[str, type[Backend] | _ExportedBackend] = {
     "torch": TorchBackend,
-    "onnxruntime": OnnxRuntimeBackend,
-    "tensorrt": TensorRTBackend,
+    "onnxruntime": _ExportedBackend("onnxruntime", "adsrt.export.onnxruntime_backend", "OnnxRuntimeBackend",
+                                    "onnxruntime_unavailable_reason"),
+    "tensorrt": _ExportedBackend("tensorrt", "adsrt.export.tensorrt_backend", "TensorRTBackend",
+                                 "tensorrt_unavailable_reason"),
 }
 # Preference order of "auto" (the first available wins).
-AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")
+AUTO_ORDER = ("tensorrt", "onnxruntime", "torch")  # the order _auto_backend reports in
 
 
 def available_backends() -> dict[str, str | None]:
@@ -240,17 +226,40 @@ def available_backends() -> dict[str, str | None]:
     return {name: cls.unavailable_reason() for name, cls in BACKENDS.items()}
 
 
+def _auto_backend(device) -> str:
+    """TensorRT when it runs here; else torch when the frames go to a CUDA device; else ONNX Runtime
+    (on 2 CPU cores it runs nafnet-small at 480p ~2x faster than torch: benchmarks/results/latency.csv);
+    else torch. Logs the pick and why the others were passed over."""
+    reasons = available_backends()
+    wants_cuda = device not in (None, "auto", "cpu") or (device in (None, "auto") and torch.cuda.is_available())
+    if reasons["tensorrt"] is None:
+        name = "tensorrt"
+    elif wants_cuda:
+        name = "torch"
+    elif reasons["onnxruntime"] is None:
+        name = "onnxruntime"
+    else:
+        name = "torch"
+    skipped = [f"{n}: {reasons[n]}" for n in AUTO_ORDER if n != name and reasons[n] is not None]
+    log.info("backend auto -> %s%s", name, f" ({'; '.join(skipped)})" if skipped else "")
+    return name
+
+
 def create_backend(bundle, name: str = "auto", *, device: str | torch.device | None = "auto",
-                   precision: str = "fp32", mode: str = "swap") -> Backend:
-    """Build backend ``name`` (or the best available one for ``"auto"``) for ``bundle``."""
+                   precision: str = "fp32", mode: str = "swap", **options) -> Backend:
+    """Build backend ``name`` (or the best available one for ``"auto"``) for ``bundle``.
+
+    ``options`` go to engine backends only: ``graph`` (an exported ONNX file or TensorRT engine to run
+    instead of exporting from the bundle) and ``cache_dir`` (where exported graphs and engines are cached).
+    """
     if name == "auto":
-        reasons = available_backends()
-        name = next(n for n in AUTO_ORDER if reasons[n] is None)
-        skipped = [f"{n}: {reasons[n]}" for n in AUTO_ORDER if reasons[n] is not None]
-        log.info("backend auto -> %s (%s)", name, "; ".join(skipped) or "all available")
+        name = _auto_backend(device)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
-    return BACKENDS[name](bundle, device=device, precision=precision, mode=mode)
+    options = {k: v for k, v in options.items() if v is not None}
+    if name == "torch" and options:
+        raise BackendError(f"the torch backend runs the bundle itself; {sorted(options)} are for onnxruntime/tensorrt")
+    return BACKENDS[name](bundle, device=device, precision=precision, mode=mode, **options)
 
 
 class CudaGraphFrame:

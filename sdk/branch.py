@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from adsrt.ads import UnitLayout, eligible_convs, unit_layouts
 from adsrt.errors import AdsrtError
 
-__all__ = ["BranchConv", "BranchModel", "to_branch"]
+__all__ = ["BranchConv", "BranchModel", "side_conv", "to_branch"]
 
 
 class _CoefficientSlot:
@@ -52,6 +52,22 @@ class _CoefficientSlot:
 
     def __init__(self) -> None:
         self.value: Tensor | None = None
+
+
+def side_conv(base: nn.Conv2d | nn.ConvTranspose2d, x: Tensor, weight: Tensor, bias: Tensor | None,
+              in_index: Tensor | None, groups: int) -> Tensor:
+    """A convolution with ``base``'s geometry (stride, padding and padding mode, dilation, output padding)
+    and another ``weight``, over the input channels ``in_index`` (None: all) in ``groups`` groups: the
+    extra rows of branch mode and the refittable rows of the swap split (:mod:`adsrt.export.swap_split`)."""
+    xs, padding = x, base.padding
+    if base.padding_mode != "zeros":
+        xs = F.pad(xs, base._reversed_padding_repeated_twice, mode=base.padding_mode)
+        padding = 0
+    if in_index is not None:
+        xs = xs.index_select(1, in_index)
+    if isinstance(base, nn.ConvTranspose2d):
+        return F.conv_transpose2d(xs, weight, bias, base.stride, base.padding, base.output_padding, 1, base.dilation)
+    return F.conv2d(xs, weight, bias, base.stride, padding, base.dilation, groups)
 
 
 class BranchConv(nn.Module):
@@ -99,6 +115,10 @@ class BranchConv(nn.Module):
         self.register_buffer("row_degradation", torch.cat(row_degradation))
         self.register_buffer("row_channel", channels)
         self.register_buffer("in_index", in_index)
+        # Set by use_conv_scatter(): scatter rows into channels with a one-hot 1x1 convolution
+        # instead of index_add (exported graphs: Conv is supported everywhere, ScatterElements with
+        # reduction="add" is not; the cost is rows x out_channels MACs per pixel).
+        self.register_buffer("scatter_weight", None)
 
     @property
     def rows(self) -> int:
@@ -109,21 +129,20 @@ class BranchConv(nn.Module):
         c = self._slot.value
         if c is None:
             raise AdsrtError("a BranchConv runs inside BranchModel.forward(x, c), which supplies the coefficients")
-        base = self.base
-        y = base(x)
-        xs, padding = x, base.padding
-        if base.padding_mode != "zeros":
-            xs = F.pad(xs, base._reversed_padding_repeated_twice, mode=base.padding_mode)
-            padding = 0
-        if self.in_index is not None:
-            xs = xs.index_select(1, self.in_index)
-        w = self.delta_weight.to(xs.dtype)
-        if self.transposed:
-            z = F.conv_transpose2d(xs, w, None, base.stride, base.padding, base.output_padding, 1, base.dilation)
-        else:
-            z = F.conv2d(xs, w, None, base.stride, padding, base.dilation, self.delta_groups)
+        y = self.base(x)
+        z = side_conv(self.base, x, self.delta_weight.to(x.dtype), None, self.in_index, self.delta_groups)
         coef = c.index_select(1, self.row_degradation).to(z.dtype)  # [B or 1, rows]
-        return y.index_add(1, self.row_channel, z * coef[:, :, None, None])
+        z = z * coef[:, :, None, None]
+        if self.scatter_weight is not None:
+            return y + F.conv2d(z, self.scatter_weight.to(z.dtype))
+        return y.index_add(1, self.row_channel, z)
+
+    def use_conv_scatter(self) -> None:
+        """Add the rows into their channels with a one-hot 1x1 convolution (for export, see __init__)."""
+        out_channels = self.base.out_channels
+        weight = torch.zeros(out_channels, self.rows, 1, 1, device=self.delta_weight.device, dtype=self.delta_weight.dtype)
+        weight[self.row_channel.cpu(), torch.arange(self.rows), 0, 0] = 1.0
+        self.scatter_weight = weight
 
     def extra_repr(self) -> str:
         return f"rows={self.rows}, delta_groups={self.delta_groups}, inputs={'all' if self.in_index is None else len(self.in_index)}"

@@ -20,6 +20,7 @@ Saving validates first and writes atomically, so a bundle on disk is never half 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -113,6 +114,18 @@ class Bundle:
     def unit_layouts(self) -> dict[str, UnitLayout]:
         """Unit layouts of every eligible layer of the backbone, at the bundle's granularity."""
         return unit_layouts(build_backbone(self.backbone), self.granularity)
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of everything that decides the model's outputs: every tensor (name, dtype, shape,
+        bytes) and the header minus provenance/metrics. Same weights -> same digest, whatever file they
+        came from; the key of exported graphs and engine caches (:mod:`adsrt.export`)."""
+        h = hashlib.sha256()
+        header = {k: v for k, v in self.header().items() if k not in ("provenance", "metrics")}
+        h.update(json.dumps(header, sort_keys=True).encode())
+        for name, t in sorted(to_tensors(self).items()):
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+        return h.hexdigest()
 
     def header(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ import numpy as np
 import adsrt
 from adsrt.cli_runtime import add_runtime_commands
 from adsrt.errors import AdsrtError, ImageReadError, OutputError
+from adsrt.export.cli_export import add_export_command
 from adsrt.train.cli_train import add_train_commands
 
 log = logging.getLogger("adsrt")
@@ -97,10 +98,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
-    from adsrt.bundle import load_bundle, summarize
+    from adsrt.bundle import summarize
+    from adsrt.restorer import resolve_bundle
     from adsrt.train.models import model_cost
 
-    bundle = load_bundle(args.bundle)
+    bundle, _ = resolve_bundle(args.bundle)
     summary = summarize(bundle)
     cost = model_cost(bundle.build_um(), args.height, args.width)
     print(f"bundle        {args.bundle}")
@@ -126,12 +128,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    # The default bundle is trained and shipped by a later release; until then there is nothing to demo,
-    # and saying so beats restoring with untrained weights.
-    raise AdsrtError(
-        "no bundled default model is present in this version of adsrt (it ships with the release that "
-        "trains it), so there is nothing to demo yet; `adsrt degrade` and `adsrt metrics` work without one"
-    )
+    from adsrt.demo import DemoConfig, run_demo
+
+    config = DemoConfig(bundle=args.bundle, backend=args.backend, out=args.out, seed=args.seed,
+                        progress=not args.quiet)
+    result = run_demo(config)
+    print(result.table())
+    print(f"grids and demo.json -> {Path(args.out)}")
+    return 0
 
 
 # -------------------------------------------------------------------------------------------------- bench
@@ -186,13 +190,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("info", help="describe a bundle: degradations, parameters, ADS overhead")
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (.safetensors)")
+    p.add_argument("bundle", metavar="BUNDLE", nargs="?", default="default",
+                   help="bundle file (.safetensors) or bundled model name (default: default)")
     p.add_argument("--height", type=int, default=720, help="frame height for the FLOP count (default 720)")
     p.add_argument("--width", type=int, default=1280, help="frame width for the FLOP count (default 1280)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="restore degraded sample photos with the bundled default model")
-    p.add_argument("--out", metavar="DIR", default="adsrt-demo", help="folder for the result grid")
+    p.add_argument("--out", metavar="DIR", default="adsrt-demo",
+                   help="folder for the result grids and demo.json (default adsrt-demo, created if missing)")
+    p.add_argument("--bundle", default="default", help="bundle file or bundled model name (default: default)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
+                   help="inference backend (default auto: the best available, logged)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the degradations (default 0)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="latency benchmarks")
@@ -209,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_swap)
 
     add_runtime_commands(sub, bench)  # restore, classify, bench latency
+    add_export_command(sub)
     add_train_commands(sub)
     return parser
 

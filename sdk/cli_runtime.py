@@ -28,7 +28,7 @@ def _restorer(args: argparse.Namespace, **overrides: Any):
     options = dict(backend=args.backend, device=args.device, precision=getattr(args, "precision", "fp32"),
                    mode=getattr(args, "mode", "swap"))
     for name in ("force", "tile", "tile_overlap", "memory_limit_mb", "ema", "temperature", "scene_threshold",
-                 "cuda_graph"):
+                 "cuda_graph", "graph", "cache_dir"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     options.update(overrides)
@@ -189,11 +189,15 @@ def _positive_int(text: str) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default="default",
-                   help="bundle file (.safetensors) or bundled model name (default: 'default', which does not "
-                        "ship yet: pass a file)")
+                   help="bundle file (.safetensors) or bundled model name (default: the shipped 'default')")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="inference backend (default auto: the best available, logged)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--graph", metavar="FILE",
+                   help="onnxruntime/tensorrt: run this exported ONNX file or engine (default: export from the "
+                        "bundle once and cache it)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="cache of exported graphs and engines (default $ADSRT_CACHE_DIR or ~/.cache/adsrt)")
 
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:

@@ -103,3 +103,21 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an RGB uint8 HxWx3 image; the format follows the file extension. Atomic."""
     path = Path(path)
     atomic_write_bytes(path, encode_image(image, path.suffix))
+
+
+SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+
+
+def sample_photos(names: tuple[str, ...] = SAMPLE_PHOTOS) -> dict[str, np.ndarray]:
+    """Real RGB photos shipped with scikit-image (no download): name -> HxWx3 uint8.
+
+    Used where adsrt needs real images and the user gave none (the demo, export parity checks)."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise ImageReadError("the sample photos come from scikit-image: pip install scikit-image") from exc
+    photos = {}
+    for name in names:
+        image = getattr(data, name)()
+        photos[name] = np.ascontiguousarray(to_rgb_uint8(image, source=f"skimage.data.{name}"))
+    return photos

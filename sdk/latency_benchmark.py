@@ -60,9 +60,11 @@ CSV_COLUMNS = (
     "encode_ms",
     "ads_overhead_frac",
     "over_um_frac",
+    "over_torch_um_frac",
     "rss_mb",
     "loadavg",
     "triton",
+    "onnxruntime",
     "deltas",
 )
 
@@ -122,7 +124,8 @@ class LatencyRow:
     ads_overhead_frac: float
     rss_mb: float | None
     loadavg: float | None = None  # 1-minute load average after the row (a shared machine's noise)
-    over_um_frac: float | None = None
+    over_um_frac: float | None = None  # p50 / p50 of this backend's um row at this size - 1
+    over_torch_um_frac: float | None = None  # p50 / p50 of the torch um row at this size - 1 (same run)
 
 
 @dataclass
@@ -161,9 +164,11 @@ class LatencyBenchResult:
                 **{f"{stage}_ms": f"{value:.3f}" for stage, value in r.stages_ms.items()},
                 "ads_overhead_frac": f"{r.ads_overhead_frac:.4f}",
                 "over_um_frac": "" if r.over_um_frac is None else f"{r.over_um_frac:.4f}",
+                "over_torch_um_frac": "" if r.over_torch_um_frac is None else f"{r.over_torch_um_frac:.4f}",
                 "rss_mb": "" if r.rss_mb is None else f"{r.rss_mb:.0f}",
                 "loadavg": "" if r.loadavg is None else f"{r.loadavg:.2f}",
                 "triton": self.triton_version, "deltas": "random (no trained bundle)",
+                "onnxruntime": _onnxruntime_version() if r.backend == "onnxruntime" else "",
             })
         return out
 
@@ -175,15 +180,16 @@ class LatencyBenchResult:
             f"device {self.device_name}; torch {self.torch_version}, triton {self.triton_version}",
             *self.notes,
             f"{'backend':<12} {'mode':<7} {'size':>10} {'n':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-            f"{'classify':>9} {'update':>8} {'restore':>9} {'ADS/frame':>9} {'vs UM':>7}",
+            f"{'classify':>9} {'update':>8} {'restore':>9} {'ADS/frame':>9} {'vs UM':>7} {'vs torch UM':>11}",
         ]
         for r in self.rows:
             s = r.stages_ms
             vs_um = "" if r.over_um_frac is None else f"{r.over_um_frac:+.1%}"
+            vs_torch = "" if r.over_torch_um_frac is None else f"{r.over_torch_um_frac:+.1%}"
             lines.append(
                 f"{r.backend:<12} {r.mode:<7} {f'{r.width}x{r.height}':>10} {r.iters:>3} {r.p50_ms:>9.1f} "
                 f"{r.p90_ms:>9.1f} {r.p99_ms:>9.1f} {s['classify']:>9.2f} {s['update']:>8.2f} {s['restore']:>9.1f} "
-                f"{r.ads_overhead_frac:>9.2%} {vs_um:>7}"
+                f"{r.ads_overhead_frac:>9.2%} {vs_um:>7} {vs_torch:>11}"
             )
         for name, reason in self.skipped_backends.items():
             lines.append(f"{name}: not measured ({reason})")
@@ -221,6 +227,14 @@ def run_latency_benchmark(config: LatencyBenchConfig) -> LatencyBenchResult:
         return _run(config)
     finally:
         torch.set_num_threads(threads)
+
+
+def _onnxruntime_version() -> str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return ""
+    return onnxruntime.__version__
 
 
 class _Samples:
@@ -268,6 +282,8 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
 
     device = resolve_device(config.device)
     reasons = available_backends()
+    if device.type == "cuda" and reasons.get("onnxruntime") is None:
+        reasons["onnxruntime"] = "adsrt runs ONNX Runtime on the CPU (use --device cpu)"
     names = list(config.backends) if config.backends is not None else list(BACKENDS)
     backends = [n for n in names if reasons[n] is None]
     skipped = {n: reasons[n] for n in names if reasons[n] is not None}
@@ -306,13 +322,18 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
         replace(r, over_um_frac=r.p50_ms / um[(r.backend, r.height)] - 1.0) if (r.backend, r.height) in um else r
         for r in rows
     ]
+    rows = [
+        replace(r, over_torch_um_frac=r.p50_ms / um[("torch", r.height)] - 1.0) if ("torch", r.height) in um else r
+        for r in rows
+    ]
     notes = [
         f"bundle: {config.backbone} with random sparse deltas at q={config.q:g} per degradation "
         f"(no trained bundle yet), classifier input {classifier.input_size}, width {classifier.width}, "
         f"depth {classifier.depth}, {classifier.grid}x{classifier.grid} windows of {classifier.window} px; "
         "whole frames, no tiling",
         "frame time: uint8 array in -> uint8 array out (decode, classify, update, restore, encode); "
-        "ADS/frame = median of (classify + update) / frame; vs UM = p50 / p50 of the um row - 1",
+        "ADS/frame = median of (classify + update) / frame; vs UM = p50 / p50 of the same backend's um row - 1; "
+        "vs torch UM = p50 / p50 of the torch um row - 1 (the same run, frames interleaved)",
     ]
     return LatencyBenchResult(
         config=config,

@@ -74,6 +74,8 @@ class RestorerConfig:
     tile: int | None = None  # tile size in pixels; None = whole frames unless memory_limit_mb needs tiles
     tile_overlap: int = 32
     memory_limit_mb: float = 4096.0  # estimated activation memory per forward pass; 0 = no limit
+    graph: str | None = None  # onnxruntime/tensorrt: an exported ONNX file or engine to run (else exported and cached)
+    cache_dir: str | None = None  # onnxruntime/tensorrt: cache of exported graphs and engines
     cuda_graph: bool = False  # CUDA: capture classify -> update -> restore per frame size and replay it
     sync_timings: bool = True  # CUDA: synchronise between stages so the stage timings are true
 
@@ -195,7 +197,8 @@ class Restorer:
         elif config.mode != "um" and bundle.classifier is None:
             raise AdsrtError("this bundle has no degradation classifier: force a degradation (force=/--force)")
         self.backend: Backend = create_backend(bundle, config.backend, device=config.device,
-                                               precision=config.precision, mode=config.mode)
+                                               precision=config.precision, mode=config.mode,
+                                               graph=config.graph, cache_dir=config.cache_dir)
         self.device = self.backend.device
         if config.force is not None or config.mode == "um":
             forced = torch.zeros(1, self.k, dtype=torch.float32)

@@ -44,3 +44,18 @@ def photo() -> np.ndarray:
     from skimage import data
 
     return np.ascontiguousarray(data.astronaut()[64:256, 128:384])
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Exported graphs and engines go to a per-session folder, never ~/.cache/adsrt."""
+    import os
+
+    folder = tmp_path_factory.mktemp("adsrt-cache")
+    previous = os.environ.get("ADSRT_CACHE_DIR")
+    os.environ["ADSRT_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("ADSRT_CACHE_DIR", None)
+    else:
+        os.environ["ADSRT_CACHE_DIR"] = previous

@@ -1,4 +1,4 @@
-"""The adsrt command line: degrade -> metrics round trip on a real photo, info, demo and bad input."""
+"""The adsrt command line: degrade -> metrics round trip on a real photo, info and bad input (demo: test_demo.py)."""
 
 from __future__ import annotations
 
@@ -126,10 +126,6 @@ def test_info_rejects_corrupt_bundle(tmp_path, capsys):
     bad = tmp_path / "b.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
     assert "safetensors" in run_error(["info", str(bad)], capsys)
-
-
-def test_demo_says_no_model_yet(capsys):
-    assert "no bundled default model" in run_error(["demo"], capsys)
 
 
 def test_unknown_option_is_a_usage_error(capsys):

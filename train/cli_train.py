@@ -160,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``adsrt eval``."""
     p = subparsers.add_parser("eval", help="PSNR/SSIM of input, UM, ADS, oracle ADS and IM per degradation")
-    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (.safetensors)")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (.safetensors) or bundled model name (default)")
     data = p.add_mutually_exclusive_group(required=True)
     data.add_argument("--clean", metavar="DIR", help="clean photos, degraded on the fly with --degradations")
     data.add_argument("--pairs", nargs=2, metavar=("DEGRADED_DIR", "CLEAN_DIR"),
@@ -256,7 +256,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file (.safetensors)")
     p.add_argument("--work", required=True, metavar="DIR", help="work folder (stages with outputs there are skipped)")
     p.add_argument("--degradations", type=_csv)
-    p.add_argument("--preset", choices=("tiny", "small", "default"))
+    p.add_argument("--preset", choices=("tiny", "small", "bundled", "default"))
     p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
     p.add_argument("--q", type=float)
     p.add_argument("--granularity", choices=("kernel", "filter"))

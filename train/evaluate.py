@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adsrt.bundle import Bundle, load_bundle
+from adsrt.bundle import Bundle
 from adsrt.errors import AdsrtError, DataError
 from adsrt.imageio import list_images, read_image
 from adsrt.kernels.ads_layout import build_ads_layout
@@ -257,7 +257,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise AdsrtError("give either clean photos (--clean DIR) or degraded/clean pairs (--pairs DEGRADED CLEAN)")
     if cfg.protocol not in PROTOCOLS:
         raise AdsrtError(f"protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
-    bundle = load_bundle(cfg.bundle)
+    from adsrt.restorer import resolve_bundle  # a file or a bundled model name ("default")
+
+    bundle, _ = resolve_bundle(cfg.bundle)
     if cfg.clean is not None:
         cases = synthetic_cases(cfg.clean, cfg.degradations, cfg.seed, cfg.max_images)
         data = f"{Path(cfg.clean).resolve()} degraded with {','.join(cfg.degradations)}, seed {cfg.seed}"

@@ -387,6 +387,8 @@ class DegradationClassifier(nn.Module):
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(c_in, config.num_classes)
+        # True: no shape-dependent branch in views() (the exporter sets it; see views()).
+        self.always_grid = False
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
@@ -400,17 +402,25 @@ class DegradationClassifier(nn.Module):
         return self.head(features.reshape(n, x.shape[0], -1).mean(0))
 
     def views(self, x: Tensor) -> tuple[Tensor, int]:
-        """The windows the frame is classified on, stacked view-major: ``([n * B, 3, h, w], n)``."""
+        """The windows the frame is classified on, stacked view-major: ``([n * B, 3, h, w], n)``.
+
+        Window starts are ``i * (size - span) // (grid - 1)`` (integer arithmetic, so the same formula
+        holds on symbolic shapes in an exported graph). With :attr:`always_grid` (set by the ONNX
+        exporter) every frame takes the grid path, with no shape-dependent branch: a frame no larger
+        than the window then yields ``grid**2`` identical views, whose mean is the single view's logits.
+        """
         window, (height, width) = self.config.window, x.shape[-2:]
-        if window == 0 or (height <= window and width <= window):
+        if window == 0:
             return x, 1
-        h, w = min(window, height), min(window, width)
+        if not self.always_grid and height <= window and width <= window:
+            return x, 1
+        h, w = torch.sym_min(window, height), torch.sym_min(window, width)
         g = self.config.grid
 
-        def starts(size: int, span: int) -> list[int]:
+        def starts(size, span) -> list:
             if g == 1:
                 return [(size - span) // 2]
-            return list(dict.fromkeys(round(i * (size - span) / (g - 1)) for i in range(g)))
+            return [i * (size - span) // (g - 1) for i in range(g)]
 
         crops = [x[:, :, y : y + h, x0 : x0 + w] for y in starts(height, h) for x0 in starts(width, w)]
         return torch.cat(crops, 0), len(crops)

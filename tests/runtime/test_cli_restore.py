@@ -68,7 +68,7 @@ def test_restore_a_video_with_stats_and_side_by_side(tmp_path, trained_bundle, v
     cap.release()
     report = json.loads(stats.read_text())
     assert (report["frames_in"], report["frames_out"], report["skipped"]) == (12, 12, 0)
-    assert report["backend"] == "torch" and report["mode"] == "swap" and report["degradations"] == ["noise", "blur"]
+    assert report["backend"] == "onnxruntime" and report["mode"] == "swap" and report["degradations"] == ["noise", "blur"]
     assert len(report["frames"]) == 12
     first = report["frames"][0]
     assert set(first["c"]) == {"noise", "blur"} and set(first["probabilities"]) == {"noise", "blur", "clean"}
@@ -87,7 +87,7 @@ def test_force_writes_one_hot_c(tmp_path, trained_bundle, noisy_file):
 
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "no default bundle ships with this version of adsrt yet"),
-    (["--bundle", "B", "--backend", "onnxruntime"], "the onnxruntime backend is available once the export issue lands"),
+    (["--bundle", "B", "--backend", "onnxruntime", "--graph", "missing.onnx"], "ONNX file not found: missing.onnx"),
     (["--bundle", "B", "--force", "haze"], "cannot force 'haze'"),
     (["--bundle", "B", "--tile", "8"], "tile must be at least 16"),
 ])

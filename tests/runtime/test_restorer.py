@@ -78,12 +78,12 @@ def test_bgr_in_bgr_out(trained_bundle, clean_photo, noisy):
 
 def test_force_skips_the_classifier(trained_bundle, clean_photo, noisy):
     degraded = noisy(clean_photo)
-    forced = adsrt.load(trained_bundle, device="cpu", force="noise")
+    forced = adsrt.load(trained_bundle, backend="torch", device="cpu", force="noise")
     forced.restore(degraded)
     assert forced.last.c == {"noise": 1.0, "blur": 0.0} and forced.last.probabilities is None
     assert forced.timings.classify < 0.5  # no classifier ran (only the clock)
-    clean_forced = adsrt.load(trained_bundle, device="cpu", force="clean").restore(degraded)
-    um = adsrt.load(trained_bundle, device="cpu", mode="um").restore(degraded)
+    clean_forced = adsrt.load(trained_bundle, backend="torch", device="cpu", force="clean").restore(degraded)
+    um = adsrt.load(trained_bundle, backend="torch", device="cpu", mode="um").restore(degraded)
     np.testing.assert_array_equal(clean_forced, um)  # c = 0 is the UM
     with pytest.raises(AdsrtError, match="cannot force 'rain'"):
         adsrt.load(trained_bundle, device="cpu", force="rain")
@@ -134,7 +134,7 @@ def test_timings_cover_every_stage(trained_bundle, clean_photo):
 
 
 def test_non_finite_output_is_an_error_not_a_frame(trained_bundle, clean_photo):
-    restorer = adsrt.load(trained_bundle, device="cpu", mode="branch")
+    restorer = adsrt.load(trained_bundle, backend="torch", device="cpu", mode="branch")
     with torch.no_grad():
         restorer.backend.model.encoders[0][0].norm1.bias.fill_(float("nan"))
     with pytest.raises(RestoreError, match="NaN or infinite"):
@@ -142,7 +142,7 @@ def test_non_finite_output_is_an_error_not_a_frame(trained_bundle, clean_photo):
 
 
 def test_non_finite_classifier_output_is_an_error(trained_bundle, clean_photo):
-    restorer = adsrt.load(trained_bundle, device="cpu")
+    restorer = adsrt.load(trained_bundle, backend="torch", device="cpu")
     with torch.no_grad():
         restorer.backend.classifier.head.bias.fill_(float("inf"))
     with pytest.raises(RestoreError, match="non-finite"):
@@ -170,21 +170,28 @@ def test_load_resolves_files_names_and_refuses_the_missing_default(trained_bundl
     assert isinstance(restorer, adsrt.Restorer)
 
 
-def test_backend_registry_and_auto(trained_bundle, caplog):
+def test_backend_registry_and_auto(trained_bundle, caplog, monkeypatch):
     assert set(BACKENDS) == {"torch", "onnxruntime", "tensorrt"}
     reasons = available_backends()
-    assert reasons["torch"] is None and "export issue" in reasons["onnxruntime"]
+    assert reasons["torch"] is None and reasons["onnxruntime"] is None  # the test machines install [export]
     bundle = load_bundle(trained_bundle)
+    if reasons["tensorrt"] is not None and not torch.cuda.is_available():
+        with caplog.at_level(logging.INFO):
+            backend = create_backend(bundle, "auto", device="auto", mode="um")
+        assert backend.name == "onnxruntime" and "backend auto -> onnxruntime" in caplog.text
+        assert create_backend(bundle, "auto", device="cpu", mode="um").name == "onnxruntime"
+        with pytest.raises(BackendError, match="the tensorrt backend is unavailable|tensorrt"):
+            create_backend(bundle, "tensorrt")
+    # without ONNX Runtime, auto falls back to torch
+    monkeypatch.setattr(BACKENDS["onnxruntime"], "unavailable_reason", lambda: "onnxruntime is not installed")
     with caplog.at_level(logging.INFO):
-        backend = create_backend(bundle, "auto", device="auto")
-    assert backend.name == "torch" and "backend auto -> torch" in caplog.text
-    for name in ("onnxruntime", "tensorrt"):
-        with pytest.raises(BackendError, match=f"the {name} backend is available once the export issue lands"):
-            create_backend(bundle, name)
+        assert create_backend(bundle, "auto", device="cpu").name == ("tensorrt" if reasons["tensorrt"] is None else "torch")
     with pytest.raises(BackendError, match="unknown backend"):
         create_backend(bundle, "openvino")
     with pytest.raises(BackendError, match="swap mode applies one c"):
         create_backend(bundle, "torch", device="cpu").update(torch.zeros(2, 2))
+    with pytest.raises(BackendError, match="are for onnxruntime/tensorrt"):
+        create_backend(bundle, "torch", device="cpu", graph="x.onnx")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without CUDA")
@@ -192,7 +199,7 @@ def test_cuda_only_options_are_refused_on_the_cpu(trained_bundle):
     with pytest.raises(BackendError, match="torch sees no CUDA device"):
         adsrt.load(trained_bundle, device="cuda")
     with pytest.raises(BackendError, match="precision fp16 runs on CUDA only"):
-        adsrt.load(trained_bundle, device="cpu", precision="fp16")
+        adsrt.load(trained_bundle, backend="torch", device="cpu", precision="fp16")
     with pytest.raises(BackendError, match="unknown device"):
         adsrt.load(trained_bundle, device="gpu0")
 

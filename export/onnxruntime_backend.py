@@ -1,0 +1,246 @@
+"""The ``onnxruntime`` backend of the runtime: the exported graphs under ONNX Runtime (CPU).
+
+Graphs come from a file the user exported (``graph=``) or are exported on first use and cached under
+``<cache>/onnx/<bundle digest>/<mode>-<precision>.onnx`` (cache root: ``cache_dir``, else
+``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt``); a cached graph whose metadata does not name the
+bundle's digest, mode and precision is re-exported, never run.
+
+Modes:
+
+- ``um`` and ``branch``: constant weights; branch feeds ``c`` ``[B, k]`` as the graph input ``c``.
+- ``swap``: the graph's refittable initializers (``ads.<layer>``, :mod:`adsrt.export.swap_split`) are
+  also declared graph inputs, which ONNX Runtime lets a run override. The cached swap graph splits no
+  layer (``split_max=0``: every masked weight is overridden whole, which costs ONNX Runtime nothing,
+  while a split costs a gather per layer); a user's graph with split layers works too. ``update(c)`` runs the fused ADS
+  update (:mod:`adsrt.kernels`, torch path) on a CPU copy of the UM weights and gathers the masked rows
+  into preallocated buffers; ``restore`` feeds them as those inputs. Nothing is re-initialised per frame.
+
+The classifier runs as its own graph (``mode="classifier"`` export) when the bundle has one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adsrt.backends import MODES, Backend, resolve_device
+from adsrt.errors import AdsrtError, BackendError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["OnnxRuntimeBackend", "cache_root", "cached_graph", "onnxruntime_unavailable_reason"]
+
+
+def onnxruntime_unavailable_reason() -> str | None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install 'adsrt[export]')"
+    return None
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where exported graphs and engines are cached (see the module doc)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("ADSRT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "adsrt"
+
+
+def _graph_matches(path: Path, digest: str, mode: str, precision: str, split_max: float) -> str | None:
+    """None when the cached graph at ``path`` is the one wanted, else why not."""
+    from adsrt.export.onnx_export import graph_metadata, load_onnx
+
+    try:
+        meta = graph_metadata(load_onnx(path))
+    except AdsrtError as exc:
+        return str(exc)
+    want = {"adsrt.bundle_digest": digest, "adsrt.mode": mode, "adsrt.precision": precision,
+            "adsrt.split_max": json.dumps(split_max), "adsrt.fused_classifier": "false"}
+    diff = [f"{k}={meta.get(k)!r} (want {v!r})" for k, v in want.items() if meta.get(k) != v]
+    return "; ".join(diff) or None
+
+
+def cached_graph(bundle, mode: str, precision: str, cache_dir: str | os.PathLike | None = None,
+                 split_max: float = 0.0) -> Path:
+    """The ONNX graph of ``bundle`` for ``mode``/``precision`` (``mode`` may be ``"classifier"``),
+    exported into the cache when missing or stale. ``split_max`` (swap): 0 = no layer split, every
+    masked weight whole, the right graph for ONNX Runtime (see :mod:`adsrt.export.swap_split`)."""
+    from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
+
+    digest = bundle.digest()
+    folder = cache_root(cache_dir) / "onnx" / digest[:16]
+    path = folder / (f"{mode}-{precision}-split{split_max:g}.onnx" if mode == "swap" else f"{mode}-{precision}.onnx")
+    if path.is_file():
+        why = _graph_matches(path, digest, mode, precision, split_max)
+        if why is None:
+            log.info("onnxruntime: cached graph %s", path)
+            return path
+        log.warning("onnxruntime: cached graph %s is stale (%s); exporting again", path, why)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendError(f"cannot create the graph cache {folder}: {exc}") from exc
+    log.info("onnxruntime: exporting the %s graph (%s) of bundle %s into %s (once; later runs reuse it)",
+             mode, precision, digest[:12], path)
+    export_onnx(bundle, path, OnnxExportConfig(mode=mode, precision=precision, split_max=split_max))
+    return path
+
+
+def _expose_initializers(model_proto, names: list[str]):
+    """Declare initializers ``names`` as graph inputs too, so a run may override them."""
+    from onnx import helper
+
+    inits = {i.name: i for i in model_proto.graph.initializer}
+    existing = {i.name for i in model_proto.graph.input}
+    for name in names:
+        if name not in inits:
+            raise BackendError(f"swap graph has no refittable initializer {name!r}: export it again")
+        if name not in existing:
+            init = inits[name]
+            model_proto.graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+    return model_proto
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime on the CPU, running the graphs :mod:`adsrt.export.onnx_export` writes (module doc)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, bundle, *, device: str | torch.device | None = "auto", precision: str = "fp32",
+                 mode: str = "swap", graph: str | os.PathLike | None = None,
+                 cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> None:
+        reason = onnxruntime_unavailable_reason()
+        if reason:
+            raise BackendError(f"the onnxruntime backend is unavailable: {reason}")
+        import onnxruntime as ort
+
+        from adsrt.export.onnx_export import EXPORT_PRECISIONS, graph_metadata, load_onnx
+
+        if mode not in MODES:
+            raise BackendError(f"mode must be one of {MODES}, got {mode!r}")
+        if precision not in EXPORT_PRECISIONS:
+            raise BackendError(f"the onnxruntime backend runs {sorted(EXPORT_PRECISIONS)}, not {precision!r}")
+        self.device = resolve_device("cpu" if device in (None, "auto") else device)
+        if self.device.type != "cpu":
+            raise BackendError("the onnxruntime backend runs on the CPU here; use --backend tensorrt or torch on CUDA")
+        self.mode, self.precision = mode, precision
+        self.dtype = torch.float32  # graph I/O is float32 at every precision
+        self.degradations = list(bundle.degradations)
+        self.k = len(self.degradations)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self._options = options
+
+        if graph is not None:
+            path = Path(graph)
+            meta = graph_metadata(load_onnx(path))
+            want = {"adsrt.mode": mode, "adsrt.bundle_digest": bundle.digest()}
+            bad = [f"{k} is {meta.get(k)!r}, expected {v!r}" for k, v in want.items() if meta.get(k) != v]
+            if meta.get("adsrt.fused_classifier") == "true":
+                bad.append("it is a fused graph (classifier inside); give the plain branch graph")
+            if bad:
+                raise BackendError(f"{path} does not fit: " + "; ".join(bad))
+            self.precision = meta.get("adsrt.precision", precision)
+        else:
+            path = cached_graph(bundle, mode, precision, cache_dir)
+        self.graph_path = path
+        proto = load_onnx(path)
+        self.refit_names: dict[str, str] = json.loads(graph_metadata(proto).get("adsrt.refit", "{}"))
+        if mode == "swap":
+            proto = _expose_initializers(proto, list(self.refit_names.values()))
+        self.session = self._session(proto, path)
+
+        # The classifier graph is exported/loaded on the first classify() (um mode may never call it).
+        self.classifier_session = None
+        self.has_classifier = bundle.classifier is not None
+        self._bundle, self._cache_dir = bundle, cache_dir
+
+        self.layout = None
+        self._feeds: dict[str, np.ndarray] = {}
+        if mode == "swap":
+            from adsrt.export.swap_split import gather_refit_weights, swap_rows
+            from adsrt.kernels.ads_layout import build_ads_layout
+            from adsrt.kernels.ads_update import resolve_backend
+
+            model = bundle.build_um()
+            split_max = json.loads(graph_metadata(proto).get("adsrt.split_max", "0.5"))
+            self.rows = swap_rows(bundle, model, split_max)
+            if {r.name for r in self.rows.values()} != set(self.refit_names.values()):
+                raise BackendError(f"{path}: its refittable weights do not match the bundle's masked layers")
+            self.layout = build_ads_layout(model, bundle, device=self.device, dtype=torch.float32)
+            self.update_backend = resolve_backend(self.device, "auto")
+            self._weights = {layer: self.layout.modules[layer].weight.detach() for layer in self.rows}
+            self._buffers = gather_refit_weights(self._weights, self.rows)  # starts at the UM rows
+            np_dtype = np.float16 if self.precision == "fp16" else np.float32
+            self._feeds = {name: np.empty(tuple(buf.shape), np_dtype) for name, buf in self._buffers.items()}
+            self._sync_feeds()
+        self._c: np.ndarray | None = None
+
+    def _session(self, proto, path: Path):
+        import onnxruntime as ort
+
+        try:
+            return ort.InferenceSession(proto.SerializeToString(), self._options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types (e.g. NOT_IMPLEMENTED for fp16 ops)
+            raise BackendError(f"ONNX Runtime cannot run {path} ({self.precision}) on the CPU: {exc}") from exc
+
+    def _sync_feeds(self) -> None:
+        for name, buf in self._buffers.items():
+            self._feeds[name][...] = buf.numpy()  # casts to fp16 for fp16 graphs
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        return onnxruntime_unavailable_reason()
+
+    def classify(self, x: Tensor) -> Tensor:
+        if not self.has_classifier:
+            raise BackendError("this bundle has no degradation classifier; force a degradation instead")
+        if self.classifier_session is None:
+            from adsrt.export.onnx_export import load_onnx
+
+            path = cached_graph(self._bundle, "classifier", "fp32", self._cache_dir)
+            self.classifier_session = self._session(load_onnx(path), path)
+        (logits,) = self.classifier_session.run(None, {"x": x.float().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+    def update(self, c: Tensor) -> None:
+        if self.mode == "swap":
+            from adsrt.export.swap_split import gather_refit_weights
+            from adsrt.kernels.ads_update import ads_update
+
+            if c.shape[0] != 1:
+                raise BackendError("swap mode applies one c to all frames of a batch; use branch mode to mix them")
+            ads_update(self.layout, c[0], backend=self.update_backend, validate=False)
+            gather_refit_weights(self._weights, self.rows, out=self._buffers)
+            self._sync_feeds()
+        elif self.mode == "branch":
+            self._c = c.float().contiguous().numpy()
+
+    def restore(self, x: Tensor) -> Tensor:
+        feeds = {"x": x.float().contiguous().numpy()}
+        if self.mode == "branch":
+            if self._c is None:
+                raise BackendError("branch mode: call update(c) before restore")
+            c = self._c
+            if c.shape[0] != x.shape[0]:
+                c = np.broadcast_to(c, (x.shape[0], c.shape[1])).copy()
+            feeds["c"] = c
+        elif self.mode == "swap":
+            feeds.update(self._feeds)
+        (y,) = self.session.run(None, feeds)
+        return torch.from_numpy(y)
+
+    def describe(self) -> str:
+        threads = self._options.intra_op_num_threads
+        return f"onnxruntime backend, {self.mode} mode, cpu, {self.precision}, {threads} threads, graph {self.graph_path}"
