@@ -288,6 +288,13 @@ def test_cli_export_errors(bundle, tmp_path, capsys):
     assert "needs --mode branch" in capsys.readouterr().err
     assert main(["-q", "export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "m.onnx")]) == 1
     assert not (tmp_path / "m.onnx").exists()
+    capsys.readouterr()
+    from adsrt.export.tensorrt_engine import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:  # here: no TensorRT, so a clear error before any work, and no file
+        assert main(["-q", "export", str(path), "--to", "tensorrt", "-o", str(tmp_path / "m.engine")]) == 1
+        assert "tensorrt" in capsys.readouterr().err.lower() and not (tmp_path / "m.engine").exists()
 
 
 def test_parity_report_thresholds():
