@@ -11,7 +11,7 @@
    :func:`adsrt.train.evaluate.evaluate_cases`, the code behind ``adsrt eval``.
 2. The classifier's confusion matrix on the same degraded images (rows: true degradation, columns:
    predicted class, the degradations then "clean"), computed here the way the runtime classifies:
-   RGB float in [0, 1], ``[1, 3, H, W]``, softmax over the logits (temperature 1), argmax.
+   RGB float in [0, 1], ``[1, 3, H, W]``, softmax over the logits / the bundle's temperature, argmax.
 3. Real photos without ground truth: every subfolder of --real named after a degradation of the bundle
    (``rain``, ``lowlight``, ...; others are skipped with a log line) is classified image by image;
    per folder: n, the share classified as that degradation, its mean probability, the top guesses.
@@ -146,10 +146,10 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def classify(classifier: torch.nn.Module, image: np.ndarray, device: torch.device) -> np.ndarray:
-    """Class probabilities of one RGB uint8 image, as the runtime computes them (temperature 1)."""
+    """Class probabilities of one RGB uint8 image, as the runtime computes them (the bundle's temperature)."""
     with torch.inference_mode():
         logits = classifier(to_tensor(image)[None].to(device))
-        probs = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+        probs = torch.softmax(logits.float() / classifier.config.temperature, dim=1)[0].cpu().numpy()
     if not np.isfinite(probs).all():
         raise AdsrtError("the classifier produced non-finite probabilities (broken bundle?)")
     return probs
@@ -273,8 +273,15 @@ def ads_vs_um(report: dict[str, Any], confusion: dict[str, Any] | None) -> list[
             row = (confusion or {}).get("rows", {}).get(name)
             wrong = {c: v for c, v in (row["counts"] if row else {}).items() if c != name and v}
             worst = max(wrong, key=wrong.get) if wrong else None
-            why = (f"the deltas help with the true c (oracle {oracle:+.2f} dB) but the classifier is right on "
-                   f"{_pct(acc)} of these images" + (f", most often taking them for {worst}" if worst else ""))
+            probs = r.get("dc_mean_probability") or {}
+            mean_p = probs.get(name)
+            others = sorted(((v, c) for c, v in probs.items() if c != name), reverse=True)[:2]
+            spread = ", ".join(f"{c} {v:.2f}" for v, c in others)
+            why = (f"the deltas help with the true c (oracle {oracle:+.2f} dB) and the classifier's top guess is "
+                   f"right on {_pct(acc)} of these images" + (f" (otherwise mostly {worst})" if worst else "")
+                   + (f", but c is soft: mean p({name}) = {mean_p:.2f}, the rest on {spread}; the other "
+                      "degradations' deltas, blended in at those weights, cost more than the right one gains"
+                      if mean_p is not None else ""))
         else:
             why = (f"the deltas themselves do not beat the UM here (oracle {_signed(oracle)} dB): the selected "
                    "units and their refinement did not help at this level")

@@ -77,7 +77,7 @@ class OnnxExportConfig:
     mode: str = "swap"  # swap | branch | um | classifier
     precision: str = "fp32"  # fp32 | fp16 (inside the graph; I/O stays float32)
     fuse_classifier: bool = False  # branch only: image -> restored image, the classifier inside
-    temperature: float = 1.0  # fused graph: softmax temperature of the classifier
+    temperature: float | None = None  # fused graph: softmax temperature; None: the bundle's calibrated one
     split_max: float = SPLIT_MAX  # swap: split a layer when at most this share of its filters is masked
     opset: int = 18
     simplify: bool = True  # onnxsim
@@ -90,7 +90,7 @@ class OnnxExportConfig:
             raise AdsrtError(f"export precision must be one of {sorted(EXPORT_PRECISIONS)}, got {self.precision!r}")
         if self.fuse_classifier and self.mode != "branch":
             raise AdsrtError("--fuse-classifier needs --mode branch (c comes from the classifier inside the graph)")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise AdsrtError(f"temperature must be > 0, got {self.temperature}")
         if not 17 <= self.opset <= 23:
             raise AdsrtError(f"opset must be in 17..23, got {self.opset}")
@@ -207,7 +207,8 @@ def build_export_module(bundle, config: OnnxExportConfig) -> tuple[nn.Module, li
         for conv in branch.branch_layers().values():
             conv.use_conv_scatter()
         if config.fuse_classifier:
-            module = FusedGraph(classifier(), branch, len(bundle.degradations), config.temperature, dtype)
+            temperature = config.temperature if config.temperature is not None else bundle.classifier.temperature
+            module = FusedGraph(classifier(), branch, len(bundle.degradations), temperature, dtype)
             inputs, outputs = ["x"], ["y", "probs"]
         else:
             module, inputs, outputs = BranchGraph(branch, dtype), ["x", "c"], ["y"]
@@ -321,18 +322,24 @@ def export_onnx(bundle, out: str | os.PathLike, config: OnnxExportConfig | None 
     sample = _sample_inputs(bundle, inputs, config)
     log.info("exporting %s graph (%s, %s)", config.mode, config.precision,
              "classifier fused" if config.fuse_classifier else "dynamic batch/height/width")
-    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" and the like
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        with redirect_stdout(io.StringIO()):  # the exporter prints its progress
+    # The exporter's own chatter ("torchvision is not installed", initializer deduplication, ...)
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), redirect_stdout(io.StringIO()):  # it prints progress
+            warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, sample, dynamo=True, input_names=inputs, output_names=outputs,
                 dynamic_shapes=_dynamic_shapes(inputs),
                 opset_version=config.opset, optimize=True, verbose=False,
             )
-    exporter_log.setLevel(level)
+    except Exception as exc:  # the exporter raises many types; the message is what a user can act on
+        raise AdsrtError(f"ONNX export of the {config.mode} graph failed: {exc}") from exc
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
     model_proto = program.model_proto
     if refit:
         _rename_refit_initializers(model_proto, refit)
@@ -348,7 +355,9 @@ def export_onnx(bundle, out: str | os.PathLike, config: OnnxExportConfig | None 
         "adsrt.degradations": json.dumps(list(bundle.degradations)),
         "adsrt.refit": json.dumps({layer: r.name for layer, r in refit.items()}),
         "adsrt.split_max": json.dumps(config.split_max),
-        "adsrt.temperature": json.dumps(config.temperature),
+        "adsrt.temperature": json.dumps(
+            config.temperature if config.temperature is not None
+            else (bundle.classifier.temperature if bundle.classifier is not None else 1.0)),
         "adsrt.input": json.dumps({**asdict(bundle.input), "value_range": list(bundle.input.value_range)}),
     }
     del model_proto.metadata_props[:]

@@ -232,7 +232,7 @@ def add_runtime_commands(sub: argparse._SubParsersAction, bench: argparse._SubPa
     p.add_argument("--force", metavar="DEGRADATION",
                    help="skip the classifier: apply this degradation's delta fully ('clean': the UM alone)")
     p.add_argument("--ema", type=float, help="video: weight of the previous frame's c (default 0.8; 0 = none)")
-    p.add_argument("--temperature", type=float, help="classifier softmax temperature (default 1)")
+    p.add_argument("--temperature", type=float, help="classifier softmax temperature (default: the bundle's calibrated one)")
     p.add_argument("--scene-threshold", type=float,
                    help="video: thumbnail difference that restarts the smoothing of c (default 0.1)")
     p.add_argument("--cuda-graph", action="store_true", default=None,
@@ -252,7 +252,7 @@ def add_runtime_commands(sub: argparse._SubParsersAction, bench: argparse._SubPa
     p = sub.add_parser("classify", help="degradation probabilities of an image, folder, video or stream")
     p.add_argument("input", metavar="INPUT")
     _add_model_options(p)
-    p.add_argument("--temperature", type=float, help="softmax temperature (default 1)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the bundle's calibrated one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_input_options(p)
     p.set_defaults(func=cmd_classify)

@@ -68,7 +68,7 @@ class RestorerConfig:
     mode: str = "swap"  # swap | branch | um (UM only: no classifier, no deltas; a baseline)
     channel_order: str = "RGB"  # of the arrays passed in and returned
     force: str | None = None  # a degradation name (skip the classifier, c one-hot) or "clean" (c = 0)
-    temperature: float = 1.0  # softmax temperature of the classifier
+    temperature: float | None = None  # softmax temperature of the classifier; None: the bundle's calibrated one
     ema: float = 0.8  # streams: weight of the previous c (0 = no smoothing; 0.8 ~ 5 frames at 30 fps)
     scene_threshold: float = 0.1  # streams: thumbnail mean abs difference that restarts the smoothing
     tile: int | None = None  # tile size in pixels; None = whole frames unless memory_limit_mb needs tiles
@@ -86,7 +86,7 @@ class RestorerConfig:
             raise AdsrtError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise AdsrtError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
+        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise AdsrtError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.ema < 1.0:
             raise AdsrtError(f"ema must be in [0, 1), got {self.ema}")
@@ -155,8 +155,8 @@ def resolve_bundle(bundle: str | os.PathLike | Bundle) -> tuple[Bundle, str]:
         return load_bundle(models[text]), f"{text} ({models[text]})"
     if text == "default":
         raise BundleError(
-            "no default bundle ships with this version of adsrt yet (it comes with the release that trains "
-            "it); pass a bundle file: adsrt.load('model.safetensors'), or --bundle model.safetensors"
+            f"the bundled default model is missing from this installation ({MODELS_DIR / 'default.safetensors'}); "
+            "reinstall adsrt, or pass a bundle file: adsrt.load('model.safetensors'), --bundle model.safetensors"
         )
     raise BundleError(f"{text!r} is neither a bundle file nor a bundled model (bundled: {', '.join(models) or 'none'})")
 
@@ -196,6 +196,9 @@ class Restorer:
                 raise AdsrtError(f"cannot force {config.force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
         elif config.mode != "um" and bundle.classifier is None:
             raise AdsrtError("this bundle has no degradation classifier: force a degradation (force=/--force)")
+        self.temperature = config.temperature
+        if self.temperature is None:
+            self.temperature = bundle.classifier.temperature if bundle.classifier is not None else 1.0
         self.backend: Backend = create_backend(bundle, config.backend, device=config.device,
                                                precision=config.precision, mode=config.mode,
                                                graph=config.graph, cache_dir=config.cache_dir)
@@ -235,7 +238,7 @@ class Restorer:
 
     def describe(self) -> str:
         c = self.config
-        how = f"force {c.force}" if c.force else ("UM only" if c.mode == "um" else f"classifier (T={c.temperature:g})")
+        how = f"force {c.force}" if c.force else ("UM only" if c.mode == "um" else f"classifier (T={self.temperature:g})")
         return f"{self.backend.describe()}; bundle {self.source}; degradations {self.degradations}; c from {how}"
 
     # ------------------------------------------------------------------------------------------ API
@@ -271,7 +274,7 @@ class Restorer:
             raise AdsrtError("this bundle has no degradation classifier")
         x = self._decode(image)
         with torch.no_grad():
-            probs = torch.softmax(self.backend.classify(x) / self.config.temperature, dim=1)[0].cpu()
+            probs = torch.softmax(self.backend.classify(x) / self.temperature, dim=1)[0].cpu()
         if not bool(torch.isfinite(probs).all()):
             raise RestoreError("the classifier produced non-finite probabilities (broken bundle or backend?)")
         return dict(zip([*self.degradations, CLEAN], probs.tolist(), strict=True))
@@ -329,7 +332,7 @@ class Restorer:
                 self._graphs.pop(next(iter(self._graphs)))
             log.info("capturing a CUDA graph for frames of %s", shape)
             self._graphs[key] = CudaGraphFrame(
-                self.backend, shape, temperature=self.config.temperature, ema=self.config.ema,
+                self.backend, shape, temperature=self.temperature, ema=self.config.ema,
                 state=self._state if temporal else None, forced_c=self._forced)
         return self._graphs[key]
 
@@ -356,7 +359,7 @@ class Restorer:
                 if self._forced is not None:
                     c = self._forced
                 else:
-                    probs = torch.softmax(self.backend.classify(x) / cfg.temperature, dim=1)
+                    probs = torch.softmax(self.backend.classify(x) / self.temperature, dim=1)
                     c = smooth_coefficients(probs, self._state if temporal else None, cfg.ema)
                 t2 = self._clock()
                 self.backend.update(c)

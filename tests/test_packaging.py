@@ -47,6 +47,7 @@ def test_every_source_module_is_shipped(wheel_names):
     }
     assert expected <= wheel_names, sorted(expected - wheel_names)
     assert "adsrt/py.typed" in wheel_names
+    assert "adsrt/models/default.safetensors" in wheel_names  # the bundled default model (package data)
 
 
 def test_console_script_is_declared(wheel, wheel_names):

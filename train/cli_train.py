@@ -178,8 +178,22 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
 
+def cmd_train_calibrate(args: argparse.Namespace) -> int:
+    from adsrt.train.calibrate import CalibrateConfig, run_calibrate
+
+    kw = _given(args, ("out", "images", "seed"))
+    if args.candidates:
+        kw["candidates"] = tuple(float(t) for t in _csv(args.candidates))
+    best, table = run_calibrate(CalibrateConfig(bundle=args.bundle, data=args.data, progress=not args.quiet, **kw))
+    print("T        " + "  ".join(f"{d:>9}" for d in next(iter(table.values()))))
+    for t, row in table.items():
+        print(f"{t:<8} " + "  ".join(f"{v:>9.2f}" for v in row.values()) + ("   <- chosen" if float(t) == best else ""))
+    print(f"temperature {best:g} -> {args.out or args.bundle}")
+    return 0
+
+
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,all}`` and ``adsrt eval``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,all}`` and ``adsrt eval``."""
     add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -250,6 +264,15 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device")
     p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
     p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("calibrate", help="set the classifier's softmax temperature from training photos")
+    p.add_argument("bundle", metavar="BUNDLE", help="bundle file (rewritten unless --out) or bundled model name")
+    p.add_argument("--data", required=True, metavar="DIR", help="training photos (never the evaluation set)")
+    p.add_argument("--out", metavar="BUNDLE", help="write the calibrated bundle here instead")
+    p.add_argument("--images", type=int, help="photos to use (default 16)")
+    p.add_argument("--candidates", help="comma-separated temperatures to try (default 1,0.5,0.25,0.1)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_train_calibrate)
 
     p = sub.add_parser("all", help="run every stage into a work folder and write the bundle")
     p.add_argument("--data", required=True, metavar="DIR")

@@ -184,6 +184,7 @@ def evaluate_cases(
     ads_model = bundle.build_um()
     layout = build_ads_layout(ads_model, bundle, device=device)  # moves ads_model to device
     classifier = bundle.build_classifier().to(device) if bundle.classifier is not None else None
+    temperature = bundle.classifier.temperature if bundle.classifier is not None else 1.0  # as the runtime does
     targets = {name: model.to(device) for name, model in targets.items()}
 
     def run(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
@@ -205,7 +206,7 @@ def evaluate_cases(
             if "um" in methods:
                 outputs["um"] = run(um, case.degraded)
             if classifier is not None:
-                probs = torch.softmax(classifier(to_tensor(case.degraded)[None].to(device)).float(), 1)[0].cpu()
+                probs = torch.softmax(classifier(to_tensor(case.degraded)[None].to(device)).float() / temperature, 1)[0].cpu()
                 s.probabilities.append(probs.numpy())
                 if case.label is not None:
                     # Truth for a degradation the bundle does not know is the clean/unknown class.

@@ -29,6 +29,7 @@ or whole filters ``W[o]``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,9 +328,15 @@ class ClassifierConfig:
     depth: int = 4
     window: int = 0
     grid: int = 3
+    # Softmax temperature the runtime applies by default: c = softmax(logits / T)[:k]. Calibrated after
+    # training (adsrt.train.calibrate): a soft c blends in the other degradations' deltas, which costs more
+    # than the right delta gains (haze on the default model); T < 1 sharpens it.
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check_int("num_classes", self.num_classes, 1)
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         _check_int("width", self.width, 1)
         _check_int("depth", self.depth, 1)
         _check_int("window", self.window, 0)

@@ -85,8 +85,15 @@ def test_force_writes_one_hot_c(tmp_path, trained_bundle, noisy_file):
     assert frame["c"] == {"noise": 0.0, "blur": 1.0} and frame["probabilities"] is None
 
 
+def test_restore_without_bundle_uses_the_shipped_default(tmp_path, noisy_file):
+    stats, out = tmp_path / "s.json", tmp_path / "o.png"
+    assert main(["-q", "restore", str(noisy_file), str(out), "--backend", "torch", "--stats", str(stats)]) == 0
+    report = json.loads(stats.read_text())
+    assert "default" in report["bundle"] and out.is_file()
+    assert report["degradations"] == ["noise", "blur", "rain", "haze", "snow", "lowlight"]
+
+
 @pytest.mark.parametrize(("extra", "message"), [
-    ([], "no default bundle ships with this version of adsrt yet"),
     (["--bundle", "B", "--backend", "onnxruntime", "--graph", "missing.onnx"], "ONNX file not found: missing.onnx"),
     (["--bundle", "B", "--force", "haze"], "cannot force 'haze'"),
     (["--bundle", "B", "--tile", "8"], "tile must be at least 16"),

@@ -149,17 +149,25 @@ def test_non_finite_classifier_output_is_an_error(trained_bundle, clean_photo):
         restorer.restore(clean_photo)
 
 
-def test_load_resolves_files_names_and_refuses_the_missing_default(trained_bundle, tmp_path, monkeypatch):
-    with pytest.raises(BundleError, match="no default bundle ships with this version"):
-        adsrt.load()
+def test_load_resolves_files_names_and_the_shipped_default(trained_bundle, tmp_path, monkeypatch):
+    from adsrt.restorer import bundled_models
+
+    assert "default" in bundled_models()  # adsrt/models/default.safetensors ships with the package
+    default = adsrt.load(backend="torch", device="cpu")
+    assert default.degradations == ["noise", "blur", "rain", "haze", "snow", "lowlight"]
+    assert "default" in default.source
     with pytest.raises(BundleError, match="no such bundle file"):
         adsrt.load(tmp_path / "missing.safetensors")
     with pytest.raises(BundleError, match="neither a bundle file nor a bundled model"):
         adsrt.load("nightly")
     with pytest.raises(AdsrtError, match=r"unknown option\(s\) \['tiles'\]"):
         adsrt.load(trained_bundle, tiles=3)
-    # The later issue only drops a file into adsrt/models/: then "default" resolves to it.
+    # "default" is whatever adsrt/models/default.safetensors holds; without it, a clear error.
     import adsrt.restorer as restorer_module
+
+    monkeypatch.setattr(restorer_module, "MODELS_DIR", tmp_path / "none")
+    with pytest.raises(BundleError, match="the bundled default model is missing"):
+        adsrt.load()
 
     models = tmp_path / "models"
     models.mkdir()
