@@ -103,7 +103,11 @@ def test_verdict_says_why_ads_does_not_beat_um(bench):
     confusion = {"rows": {"blur": {"counts": {"noise": 0, "blur": 2, "rain": 0, "clean": 2}}}}
     noise, blur, rain = bench.ads_vs_um(report, confusion)
     assert noise["beats"] and not noise["why_not"]
-    assert not blur["beats"] and "classifier is right on 50%" in blur["why_not"] and "for clean" in blur["why_not"]
+    assert not blur["beats"] and "top guess is right on 50%" in blur["why_not"]
+    assert "otherwise mostly clean" in blur["why_not"]
+    report["results"]["blur:2"]["dc_mean_probability"] = {"noise": 0.0, "blur": 0.55, "rain": 0.05, "clean": 0.4}
+    _, blur, _ = bench.ads_vs_um(report, confusion)
+    assert "c is soft: mean p(blur) = 0.55, the rest on clean 0.40, rain 0.05" in blur["why_not"]
     assert not rain["beats"] and "deltas themselves do not beat the UM" in rain["why_not"]
 
 
