@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from adsrt.errors import AdsrtError, OutputError
+from adsrt.fileio import check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def _check_images(folder: str | None, limit: int) -> list:
 def _check_output(out: Path) -> None:
     if out.exists() and out.is_dir():
         raise OutputError(f"-o {out} is a folder; give a file name")
-    if not out.parent.is_dir():
-        raise OutputError(f"-o {out}: folder {out.parent} does not exist")
+    check_writable_folder(out.parent, out)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

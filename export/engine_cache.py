@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from adsrt.errors import BackendError
+from adsrt.export.graph_cache import cache_root
 from adsrt.export.tensorrt_engine import (
     EngineConfig,
     EngineEnvironment,
@@ -63,13 +64,11 @@ __all__ = [
 ]
 
 ENGINE_CACHE_FORMAT = 1  # bump when the layout of cached engines or of their sidecars changes
-CACHE_ENV = "ADSRT_CACHE_DIR"
 
 
 def default_cache_root() -> Path:
-    """``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "adsrt"
+    """``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt`` (:func:`adsrt.export.graph_cache.cache_root`)."""
+    return cache_root()
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from adsrt.errors import AdsrtError, OutputError
 from adsrt.export.swap_split import SPLIT_MAX, SwapRows, to_swap_split
+from adsrt.fileio import check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,8 @@ class _Precision(nn.Module):
         return t.float()
 
 
-class RestorerGraph(_Precision):
-    """``x -> y`` (UM or swap-split model)."""
+class SingleInputGraph(_Precision):
+    """``x -> one output``: the UM or swap-split restorer (``y``), or the classifier (``logits``)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__(dtype)
@@ -147,17 +148,6 @@ class BranchGraph(_Precision):
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         return self.outer(self.branch(self.inner(x), self.inner(c)))
-
-
-class ClassifierGraph(_Precision):
-    """``x -> logits``."""
-
-    def __init__(self, classifier: nn.Module, dtype: torch.dtype) -> None:
-        super().__init__(dtype)
-        self.classifier = classifier
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.outer(self.classifier(self.inner(x)))
 
 
 class FusedGraph(_Precision):
@@ -193,13 +183,13 @@ def build_export_module(bundle, config: OnnxExportConfig) -> tuple[nn.Module, li
         return dc
 
     if config.mode == "um":
-        module, inputs, outputs = RestorerGraph(bundle.build_um(), dtype), ["x"], ["y"]
+        module, inputs, outputs = SingleInputGraph(bundle.build_um(), dtype), ["x"], ["y"]
     elif config.mode == "swap":
         model = bundle.build_um()
         refit = to_swap_split(model, bundle, config.split_max)
-        module, inputs, outputs = RestorerGraph(model, dtype), ["x"], ["y"]
+        module, inputs, outputs = SingleInputGraph(model, dtype), ["x"], ["y"]
     elif config.mode == "classifier":
-        module, inputs, outputs = ClassifierGraph(classifier(), dtype), ["x"], ["logits"]
+        module, inputs, outputs = SingleInputGraph(classifier(), dtype), ["x"], ["logits"]
     else:
         from adsrt.branch import to_branch
 
@@ -314,10 +304,7 @@ def export_onnx(bundle, out: str | os.PathLike, config: OnnxExportConfig | None 
     out = Path(out)
     if out.exists() and out.is_dir():
         raise OutputError(f"{out} is a folder; give the ONNX file name")
-    if not out.parent.exists():
-        raise OutputError(f"output folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise OutputError(f"output folder {out.parent} is not writable")
+    check_writable_folder(out.parent, out)
 
     sample = _sample_inputs(bundle, inputs, config)
     log.info("exporting %s graph (%s, %s)", config.mode, config.precision,

@@ -1,9 +1,7 @@
 """The ``onnxruntime`` backend of the runtime: the exported graphs under ONNX Runtime (CPU).
 
-Graphs come from a file the user exported (``graph=``) or are exported on first use and cached under
-``<cache>/onnx/<bundle digest>/<mode>-<precision>.onnx`` (cache root: ``cache_dir``, else
-``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt``); a cached graph whose metadata does not name the
-bundle's digest, mode and precision is re-exported, never run.
+Graphs come from a file the user exported (``graph=``) or are exported on first use and cached
+(:mod:`adsrt.export.graph_cache`: stale entries are exported again, never run).
 
 Modes:
 
@@ -30,7 +28,8 @@ import torch
 from torch import Tensor
 
 from adsrt.backends import MODES, Backend, resolve_device
-from adsrt.errors import AdsrtError, BackendError
+from adsrt.errors import BackendError
+from adsrt.export.graph_cache import cache_root, cached_graph
 
 log = logging.getLogger(__name__)
 
@@ -44,54 +43,6 @@ def onnxruntime_unavailable_reason() -> str | None:
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install 'adsrt[export]')"
     return None
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where exported graphs and engines are cached (see the module doc)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("ADSRT_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "adsrt"
-
-
-def _graph_matches(path: Path, digest: str, mode: str, precision: str, split_max: float) -> str | None:
-    """None when the cached graph at ``path`` is the one wanted, else why not."""
-    from adsrt.export.onnx_export import graph_metadata, load_onnx
-
-    try:
-        meta = graph_metadata(load_onnx(path))
-    except AdsrtError as exc:
-        return str(exc)
-    want = {"adsrt.bundle_digest": digest, "adsrt.mode": mode, "adsrt.precision": precision,
-            "adsrt.split_max": json.dumps(split_max), "adsrt.fused_classifier": "false"}
-    diff = [f"{k}={meta.get(k)!r} (want {v!r})" for k, v in want.items() if meta.get(k) != v]
-    return "; ".join(diff) or None
-
-
-def cached_graph(bundle, mode: str, precision: str, cache_dir: str | os.PathLike | None = None,
-                 split_max: float = 0.0) -> Path:
-    """The ONNX graph of ``bundle`` for ``mode``/``precision`` (``mode`` may be ``"classifier"``),
-    exported into the cache when missing or stale. ``split_max`` (swap): 0 = no layer split, every
-    masked weight whole, the right graph for ONNX Runtime (see :mod:`adsrt.export.swap_split`)."""
-    from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
-
-    digest = bundle.digest()
-    folder = cache_root(cache_dir) / "onnx" / digest[:16]
-    path = folder / (f"{mode}-{precision}-split{split_max:g}.onnx" if mode == "swap" else f"{mode}-{precision}.onnx")
-    if path.is_file():
-        why = _graph_matches(path, digest, mode, precision, split_max)
-        if why is None:
-            log.info("onnxruntime: cached graph %s", path)
-            return path
-        log.warning("onnxruntime: cached graph %s is stale (%s); exporting again", path, why)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BackendError(f"cannot create the graph cache {folder}: {exc}") from exc
-    log.info("onnxruntime: exporting the %s graph (%s) of bundle %s into %s (once; later runs reuse it)",
-             mode, precision, digest[:12], path)
-    export_onnx(bundle, path, OnnxExportConfig(mode=mode, precision=precision, split_max=split_max))
-    return path
 
 
 def _expose_initializers(model_proto, names: list[str]):
@@ -181,9 +132,16 @@ class OnnxRuntimeBackend(Backend):
             self.layout = build_ads_layout(model, bundle, device=self.device, dtype=torch.float32)
             self.update_backend = resolve_backend(self.device, "auto")
             self._weights = {layer: self.layout.modules[layer].weight.detach() for layer in self.rows}
-            self._buffers = gather_refit_weights(self._weights, self.rows)  # starts at the UM rows
-            np_dtype = np.float16 if self.precision == "fp16" else np.float32
-            self._feeds = {name: np.empty(tuple(buf.shape), np_dtype) for name, buf in self._buffers.items()}
+            # fp32 whole layers: the feed is a view of the arena, so the fused update writes it directly.
+            # Split layers (a user's graph) gather their rows, fp16 graphs cast: those go through buffers.
+            direct = self.precision == "fp32"
+            self._staged = {layer: r for layer, r in self.rows.items() if not (direct and r.whole)}
+            self._feeds = {r.name: self._weights[layer].numpy() for layer, r in self.rows.items()
+                           if layer not in self._staged}
+            self._buffers = gather_refit_weights(self._weights, self._staged)  # starts at the UM rows
+            # fp32: the feed is the buffer itself; fp16: a half copy made per update
+            self._feeds.update({name: buf.numpy() if direct else np.empty(tuple(buf.shape), np.float16)
+                                for name, buf in self._buffers.items()})
             self._sync_feeds()
         self._c: np.ndarray | None = None
 
@@ -196,8 +154,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"ONNX Runtime cannot run {path} ({self.precision}) on the CPU: {exc}") from exc
 
     def _sync_feeds(self) -> None:
-        for name, buf in self._buffers.items():
-            self._feeds[name][...] = buf.numpy()  # casts to fp16 for fp16 graphs
+        """fp16 graphs: cast the staged buffers into their half feeds (fp32 feeds are the buffers)."""
+        if self.precision == "fp16":
+            for name, buf in self._buffers.items():
+                self._feeds[name][...] = buf.numpy()
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -222,8 +182,9 @@ class OnnxRuntimeBackend(Backend):
             if c.shape[0] != 1:
                 raise BackendError("swap mode applies one c to all frames of a batch; use branch mode to mix them")
             ads_update(self.layout, c[0], backend=self.update_backend, validate=False)
-            gather_refit_weights(self._weights, self.rows, out=self._buffers)
-            self._sync_feeds()
+            if self._staged:
+                gather_refit_weights(self._weights, self._staged, out=self._buffers)
+                self._sync_feeds()
         elif self.mode == "branch":
             self._c = c.float().contiguous().numpy()
 

@@ -60,7 +60,6 @@ from adsrt.export.tensorrt_engine import (
     deserialize_engine,
     has_fast_fp16,
     import_tensorrt,
-    read_onnx_metadata,
     tensorrt_logger,
     tensorrt_unavailable_reason,
 )
@@ -108,39 +107,17 @@ def _adsrt_version() -> str:
 def export_onnx_cached(bundle, mode: str, precision: str, cache: EngineCache, *, digest: str | None = None,
                        rebuild: bool = False) -> Path:
     """The ONNX graph TensorRT builds from, for ``bundle`` in ``mode`` (swap, branch, um or classifier) and
-    ``precision``: ``<cache root>/onnx/<digest16>/tensorrt-<mode>-<precision>-adsrt<version>.onnx``.
-    Reused while its metadata names this bundle digest, mode, precision (and, for swap, the default
-    ``split_max``), exported (:func:`adsrt.export.onnx_export.export_onnx`, default config) otherwise or
-    with ``rebuild=True``. Separate from the ONNX Runtime backend's graphs (which split no layer)."""
+    ``precision``: ``<cache root>/onnx/<digest16>/tensorrt-<mode>-<precision>-adsrt<version>.onnx``, through
+    the shared graph cache (:func:`adsrt.export.graph_cache.cached_graph`) with the default ``split_max``
+    (separate from the ONNX Runtime backend's swap graphs, which split no layer)."""
     try:
-        from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
+        from adsrt.export.graph_cache import cached_graph
+        from adsrt.export.swap_split import SPLIT_MAX
     except ImportError as exc:
         raise BackendError(f"the TensorRT backend exports ONNX first, and adsrt.export.onnx_export is unavailable "
                            f"({exc}); install the export extra: pip install 'adsrt[export]'") from exc
-    digest = bundle.digest() if digest is None else digest
-    folder = cache.root / "onnx" / digest[:16]
-    path = folder / f"tensorrt-{mode}-{precision}-adsrt{_adsrt_version()}.onnx"
-    config = OnnxExportConfig(mode=mode, precision=precision)
-    want = {"adsrt.bundle_digest": digest, "adsrt.mode": mode, "adsrt.precision": precision,
-            "adsrt.fused_classifier": "false"}
-    if mode == "swap":
-        want["adsrt.split_max"] = json.dumps(config.split_max)
-    if path.is_file() and not rebuild:
-        try:
-            meta = read_onnx_metadata(path)
-        except BackendError as exc:
-            meta = {"error": str(exc)}
-        diff = [f"{k}={meta.get(k)!r} (want {v!r})" for k, v in want.items() if meta.get(k) != v]
-        if not diff:
-            log.debug("reusing exported graph %s", path)
-            return path
-        log.info("exported graph %s is stale (%s); exporting again", path, "; ".join(diff))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BackendError(f"cannot create the ONNX cache folder {folder}: {exc}") from exc
-    log.info("exporting the %s graph (%s) to %s", mode, precision, path)
-    return Path(export_onnx(bundle, path, config).path)
+    return cached_graph(bundle, mode, precision, cache.root, SPLIT_MAX, digest=digest, rebuild=rebuild,
+                        filename=f"tensorrt-{mode}-{precision}-adsrt{_adsrt_version()}.onnx")
 
 
 def refit_rows_from_sizes(bundle, sizes: dict[str, int]) -> dict[str, SwapRows]:

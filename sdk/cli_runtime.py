@@ -46,8 +46,8 @@ def _source_options(args: argparse.Namespace):
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from adsrt.fileio import write_json
-    from adsrt.video import SinkOptions, check_writable_folder, open_sink, open_source, process
+    from adsrt.fileio import check_writable_folder, write_json
+    from adsrt.video import SinkOptions, open_sink, open_source, process
 
     if args.stats:
         stats = Path(args.stats)

@@ -21,16 +21,27 @@ def _umask() -> int:
     return mask
 
 
+def _temp_file(folder: Path, target: Path, suffix: str) -> tuple[int, str]:
+    """A new hidden temporary file next to ``target`` in ``folder``; OutputError when it cannot be made."""
+    if not folder.is_dir():
+        raise OutputError(f"{target}: output folder {folder} does not exist")
+    try:
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write in {folder} ({exc.strerror})") from exc
+
+
+def check_writable_folder(folder: Path, target: Path) -> None:
+    """Fail before any work when ``target`` cannot be created in ``folder``."""
+    fd, probe = _temp_file(Path(folder), Path(target), ".probe")
+    os.close(fd)
+    os.unlink(probe)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file in the target folder, then rename it over ``path``."""
     path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise OutputError(f"{path}: output folder {folder} does not exist")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {folder} ({exc.strerror})") from exc
+    fd, tmp = _temp_file(path.parent, path, ".part")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

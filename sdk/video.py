@@ -42,7 +42,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -54,6 +53,7 @@ import cv2
 import numpy as np
 
 from adsrt.errors import AdsrtError, ImageReadError, InputError, OutputError
+from adsrt.fileio import check_writable_folder
 from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, write_image
 
 log = logging.getLogger(__name__)
@@ -453,18 +453,6 @@ def open_source(uri: str | os.PathLike, options: SourceOptions | None = None, *,
 
 
 # ----------------------------------------------------------------------------------------------- sinks
-
-
-def check_writable_folder(folder: Path, target: Path) -> None:
-    """Fail before any work when ``target`` cannot be created in ``folder``."""
-    if not folder.is_dir():
-        raise OutputError(f"{target}: output folder {folder} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{target}: cannot write in {folder} ({exc.strerror})") from exc
-    os.close(fd)
-    os.unlink(probe)
 
 
 class FrameSink(ABC):
