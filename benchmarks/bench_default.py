@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 import adsrt
+from adsrt.arch import model_cost
 from adsrt.bundle import Bundle, summarize
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes, upsert_csv, write_json
@@ -58,7 +59,6 @@ from adsrt.train.evaluate import (
     load_targets,
     synthetic_cases,
 )
-from adsrt.train.models import model_cost
 
 log = logging.getLogger("bench_default")
 
@@ -475,7 +475,7 @@ def markdown(data: dict[str, Any], meta: dict[str, Any]) -> str:
               f"| IM ({k} x UM) | {params['im']:,} | {cost['um_gmacs']:.2f} | "
               "one model per degradation, one runs per frame |",
               "", "GMACs: Conv2d/ConvTranspose2d/Linear multiply-accumulates of one forward pass "
-              "(`adsrt.train.models.model_cost`; FLOPs = 2 x MACs)."]
+              "(`adsrt.arch.model_cost`; FLOPs = 2 x MACs)."]
 
     lines += ["", f"## Peers ({NOT_COMPARABLE})", "",
               "| method | setting | PSNR / SSIM per task | average | parameters | source |",
@@ -573,7 +573,7 @@ def _command() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adsrt.restorer import resolve_bundle
+    from adsrt.runtime.restorer import resolve_bundle
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@
 
 Prints the table and upserts one row per (backend, mode, size) into results/latency.csv (key: device,
 torch, backend, backbone, mode, precision, granularity, q, k, height, width). The timing logic lives in
-adsrt.latency_benchmark, shared with `adsrt bench latency`. Targets (issue 5), read from one run:
+adsrt.bench.latency, shared with `adsrt bench latency`. Targets (issue 5), read from one run:
 ADS overhead (classify + update) <= 10% of a 480p frame on CPU and <= 5% of a 720p frame on GPU.
 """
 
@@ -15,8 +15,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from adsrt.latency_benchmark import SIZES, LatencyBenchConfig, run_latency_benchmark, upsert_csv
-from adsrt.train.models import BACKBONES
+from adsrt.arch import BACKBONES
+from adsrt.bench.latency import SIZES, LatencyBenchConfig, run_latency_benchmark, upsert_csv
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.csv"
 

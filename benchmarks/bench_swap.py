@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_swap.py --device cuda --dtype fp16
 
 Prints the table and upserts one row per method into results/swap.csv (key: device, versions, backend,
-backbone, granularity, q, k, dtype, method). The timing logic lives in adsrt.kernels.swap_benchmark,
+backbone, granularity, q, k, dtype, method). The timing logic lives in adsrt.bench.ads_update,
 shared with `adsrt bench swap`. Targets (issue 4), read from the ratios of one run:
 GPU: fused <= 1.5x empty launch, >= 20x faster than naive per-layer, >= 100x faster than load_state_dict;
 CPU: >= 10x faster than naive per-layer.
@@ -16,8 +16,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from adsrt.kernels.swap_benchmark import DTYPES, SwapBenchConfig, run_swap_benchmark, upsert_csv
-from adsrt.train.models import BACKBONES
+from adsrt.arch import BACKBONES
+from adsrt.bench.ads_update import DTYPES, SwapBenchConfig, run_swap_benchmark, upsert_csv
 
 RESULTS = Path(__file__).resolve().parent / "results" / "swap.csv"
 

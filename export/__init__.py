@@ -1,13 +1,14 @@
-"""Export of adsrt bundles and the engine backends of the runtime.
+"""Export: writes the artifacts the runtime loads, and nothing else.
 
 - :mod:`adsrt.export.onnx_export`: ONNX graphs (um, swap, branch, fused, classifier), onnxsim, checker;
 - :mod:`adsrt.export.swap_split`: the refittable ``ads.<layer>`` convolutions of swap graphs;
 - :mod:`adsrt.export.parity`: ONNX Runtime against the torch reference on real images;
 - :mod:`adsrt.export.tensorrt_ops`: the TensorRT ONNX-parser compatibility check (runs without TensorRT);
-- :mod:`adsrt.export.onnxruntime_backend`: the ``onnxruntime`` backend and its graph cache;
-- :mod:`adsrt.export.tensorrt_engine`, :mod:`adsrt.export.engine_cache`, :mod:`adsrt.export.tensorrt_backend`:
-  TensorRT engines (build, refit), their cache, and the ``tensorrt`` backend;
-- :mod:`adsrt.export.cli_export`: ``adsrt export``.
+- :mod:`adsrt.export.tensorrt_build`: TensorRT engines from the graphs (builder flags, refit names);
+- :mod:`adsrt.export.graph_cache`, :mod:`adsrt.export.engine_cache`: the caches of graphs and engines;
+- :mod:`adsrt.export.artifacts`: the provider behind the runtime's one door
+  (:func:`adsrt.runtime.artifacts.exported`).
 
-Nothing here is imported by ``import adsrt``: onnx, onnxruntime and tensorrt load when used.
+The backends that run these artifacts are the runtime's (:mod:`adsrt.runtime`). Nothing here is
+imported by ``import adsrt``: onnx, onnxsim and tensorrt load when used.
 """

@@ -38,16 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from adsrt.errors import BackendError
-from adsrt.export.graph_cache import cache_root
-from adsrt.export.tensorrt_engine import (
+from adsrt.export.tensorrt_build import build_engine, read_onnx_metadata
+from adsrt.fileio import atomic_write_bytes, write_json
+from adsrt.runtime.artifacts import cache_root
+from adsrt.runtime.tensorrt_engine import (
     EngineConfig,
     EngineEnvironment,
-    build_engine,
     current_environment,
     deserialize_engine,
-    read_onnx_metadata,
 )
-from adsrt.fileio import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +316,7 @@ def build_or_load_engine(
     deserialize: Callable[[bytes, Path], Any] | None = None,
 ) -> LoadedEngine:
     """The engine of ``onnx_path`` built with ``config``: from ``cache`` when a matching entry exists,
-    else built (:func:`adsrt.export.tensorrt_engine.build_engine`), stored and deserialized.
+    else built (:func:`adsrt.runtime.tensorrt_engine.build_engine`), stored and deserialized.
 
     ``bundle``: an :class:`adsrt.bundle.Bundle` or its digest (hex string). ``rebuild=True`` deletes the
     entry first (the way out of a :class:`CorruptEngineError`). ``environment`` (TensorRT version and

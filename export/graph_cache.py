@@ -1,8 +1,8 @@
 """The cache of exported ONNX graphs, shared by the onnxruntime and tensorrt backends.
 
-A graph is kept under ``<root>/onnx/<bundle digest[:16]>/<file>`` (root: ``cache_dir``, else
-``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt``) and reused while its metadata names the bundle's digest,
-the mode and precision (and, for swap graphs, the ``split_max`` it was split with); a stale or unreadable
+A graph is kept under ``<root>/onnx/<bundle digest[:16]>/<file>`` (root:
+:func:`adsrt.runtime.artifacts.cache_root`) and reused while its metadata names the bundle's digest, the
+mode and precision (and, for swap graphs, the ``split_max`` it was split with); a stale or unreadable
 file is exported again, never run.
 """
 
@@ -14,24 +14,16 @@ import os
 from pathlib import Path
 
 from adsrt.errors import AdsrtError, BackendError
+from adsrt.runtime.artifacts import cache_root
+from adsrt.runtime.onnx_graph import graph_metadata, load_onnx
 
 log = logging.getLogger(__name__)
 
-__all__ = ["cache_root", "cached_graph"]
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where exported graphs and engines are cached (see the module doc)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("ADSRT_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "adsrt"
+__all__ = ["cached_graph"]
 
 
 def _graph_matches(path: Path, digest: str, mode: str, precision: str, split_max: float) -> str | None:
     """None when the cached graph at ``path`` is the one wanted, else why not."""
-    from adsrt.export.onnx_export import graph_metadata, load_onnx
-
     try:
         meta = graph_metadata(load_onnx(path))
     except AdsrtError as exc:

@@ -50,8 +50,9 @@ import torch
 from torch import Tensor, nn
 
 from adsrt.errors import AdsrtError, OutputError
-from adsrt.export.swap_split import SPLIT_MAX, SwapRows, to_swap_split
+from adsrt.export.swap_split import to_swap_split
 from adsrt.fileio import check_writable_folder
+from adsrt.runtime.refit import SPLIT_MAX, SwapRows
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,6 @@ __all__ = [
     "OnnxExportConfig",
     "build_export_module",
     "export_onnx",
-    "graph_metadata",
-    "load_onnx",
 ]
 
 EXPORT_MODES = ("swap", "branch", "um", "classifier")
@@ -191,7 +190,7 @@ def build_export_module(bundle, config: OnnxExportConfig) -> tuple[nn.Module, li
     elif config.mode == "classifier":
         module, inputs, outputs = SingleInputGraph(classifier(), dtype), ["x"], ["logits"]
     else:
-        from adsrt.branch import to_branch
+        from adsrt.runtime.branch import to_branch
 
         branch = to_branch(bundle.build_um(), bundle)
         for conv in branch.branch_layers().values():
@@ -259,24 +258,6 @@ def _check_refit_initializers(model_proto, refit: dict[str, SwapRows]) -> None:
     bad = [r.name for r in refit.values() if r.name not in inits or r.name not in conv_weights]
     if bad:
         raise AdsrtError(f"export: refittable weights lost or folded by the graph optimisation: {bad[:3]}")
-
-
-def graph_metadata(model_proto) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX model as a dict."""
-    return {p.key: p.value for p in model_proto.metadata_props}
-
-
-def load_onnx(path: str | os.PathLike):
-    """Load an ONNX file with a clear error for a missing or corrupt file."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise AdsrtError(f"ONNX file not found: {path}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise AdsrtError(f"{path}: not a readable ONNX model ({exc})") from exc
 
 
 def _simplify(model_proto, refittable: bool):

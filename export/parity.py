@@ -24,6 +24,7 @@ from torch import Tensor
 
 from adsrt.ads import apply_ads
 from adsrt.errors import AdsrtError
+from adsrt.runtime.onnx_graph import expose_initializers, graph_metadata, load_onnx
 
 __all__ = ["PSNR_THRESHOLDS", "ParityReport", "check_parity", "default_coefficients", "output_psnr"]
 
@@ -76,10 +77,8 @@ def _to_tensor(image: np.ndarray, bundle) -> Tensor:
 def _session(path: os.PathLike, proto, refit: dict[str, str]):
     import onnxruntime as ort
 
-    from adsrt.export.onnxruntime_backend import _expose_initializers
-
     if refit:
-        proto = _expose_initializers(proto, list(refit.values()))
+        proto = expose_initializers(proto, list(refit.values()))
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -88,8 +87,7 @@ def _session(path: os.PathLike, proto, refit: dict[str, str]):
 def check_parity(bundle, onnx_path: str | os.PathLike, images: list[np.ndarray],
                  c: Tensor | None = None) -> ParityReport:
     """Compare the exported graph at ``onnx_path`` with the torch reference on ``images`` (RGB uint8)."""
-    from adsrt.export.onnx_export import graph_metadata, load_onnx
-    from adsrt.export.swap_split import gather_refit_weights, swap_rows
+    from adsrt.runtime.refit import gather_refit_weights, swap_rows
 
     if not images:
         raise AdsrtError("parity check: no images")

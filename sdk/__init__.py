@@ -7,11 +7,12 @@ the weights with the probabilities of a degradation classifier:
     theta_ads = theta_um + sum_d c_d * (delta_d * M_d)
 
 Runtime API: ``adsrt.load(bundle, backend=..., device=..., precision=..., mode=...)`` returns a
-:class:`adsrt.restorer.Restorer` with ``restore``, ``classify``, ``stream`` and ``timings``.
+:class:`adsrt.runtime.restorer.Restorer` with ``restore``, ``classify``, ``stream`` and ``timings``.
 
-The import package is laid out as ``adsrt`` (runtime, bundle, CLI), ``adsrt.kernels`` (fused ADS
-update), ``adsrt.export`` (ONNX / TensorRT) and ``adsrt.train`` (degradations, data, models,
-training).
+Layers, every import pointing down (``tests/test_layering.py`` enforces it): ``adsrt.cli``; ``adsrt.train``,
+``adsrt.export``, ``adsrt.bench``; ``adsrt.io``; ``adsrt.runtime``; ``adsrt.kernels``; the core
+(``adsrt.errors``, ``fileio``, ``imageio``, ``metrics``, ``ads``, ``bundle``, ``arch``). This module is the
+public facade above them all.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -26,7 +27,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = ["AdsrtError", "Restorer", "RestorerConfig", "__version__", "load"]
 
 # The runtime API loads lazily, so ``import adsrt`` (and ``adsrt --version``) does not import torch.
-_LAZY = {"load": "adsrt.restorer", "Restorer": "adsrt.restorer", "RestorerConfig": "adsrt.restorer"}
+_LAZY = {"load": "adsrt.runtime.restorer", "Restorer": "adsrt.runtime.restorer", "RestorerConfig": "adsrt.runtime.restorer"}
 
 
 def __getattr__(name: str):

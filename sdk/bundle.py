@@ -35,9 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from adsrt.ads import GRANULARITIES, Deltas, LayerDelta, UnitLayout, unit_layouts
-from adsrt.errors import BundleError
-from adsrt.fileio import atomic_write_bytes
-from adsrt.train.models import (
+from adsrt.arch import (
     BACKBONES,
     ClassifierConfig,
     DegradationClassifier,
@@ -47,6 +45,8 @@ from adsrt.train.models import (
     build_classifier,
     count_params,
 )
+from adsrt.errors import BundleError
+from adsrt.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

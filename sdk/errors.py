@@ -39,3 +39,7 @@ class BackendError(AdsrtError):
 
 class RestoreError(AdsrtError):
     """Restoration produced an unusable result (e.g. a non-finite output frame: a broken model or backend)."""
+
+
+class ConfigError(AdsrtError, ValueError):
+    """A network, training or runtime config holds a value out of its range or of the wrong type."""

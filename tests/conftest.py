@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adsrt.arch import ClassifierConfig
 from adsrt.bundle import Bundle, synthetic_bundle
-from adsrt.train.models import ClassifierConfig
 
 
 def _make_bundle(

@@ -13,10 +13,10 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from adsrt.bundle import save_bundle
 from adsrt.cli import main
-from adsrt.demo import COLUMNS, HEADER_HEIGHT, center_crop
+from adsrt.cli.demo import COLUMNS, HEADER_HEIGHT, center_crop
 from adsrt.imageio import read_image
 from adsrt.metrics import psnr
-from adsrt.restorer import Restorer, RestorerConfig
+from adsrt.runtime.restorer import Restorer, RestorerConfig
 from adsrt.train.degradations import LEVELS, degrade, keyed_rng, parse_specs
 
 DEGRADATIONS = ("noise", "blur", "rain")

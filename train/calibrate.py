@@ -91,7 +91,7 @@ def run_calibrate(cfg: CalibrateConfig) -> tuple[float, dict]:
     """Calibrate ``cfg.bundle`` on photos from ``cfg.data`` and save it (see the module doc)."""
     from adsrt.bundle import save_bundle
     from adsrt.imageio import list_images, read_image
-    from adsrt.restorer import resolve_bundle
+    from adsrt.runtime.restorer import resolve_bundle
 
     bundle, label = resolve_bundle(cfg.bundle)
     paths = list_images(cfg.data)

@@ -23,9 +23,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
+from adsrt.arch import NAFNetConfig
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
-from adsrt.train.models import NAFNetConfig
 
 METADATA_KEY = "adsrt"
 

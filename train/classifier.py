@@ -18,13 +18,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from adsrt.arch import ClassifierConfig, DegradationClassifier, build_classifier
 from adsrt.errors import AdsrtError
 from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_weights, save_weights
 from adsrt.train.degradations import DegradationSpec
-from adsrt.train.models import ClassifierConfig, DegradationClassifier, build_classifier
-from adsrt.train.restorer import class_specs, cosine_lr, fixed_batches, split_datasets
+from adsrt.train.trainer import class_specs, cosine_lr, fixed_batches, split_datasets
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,14 @@ from safetensors.torch import save
 from torch.func import functional_call
 
 from adsrt.ads import GRANULARITIES, LayerDelta, UnitLayout, extract_delta, unit_layouts
+from adsrt.arch import NAFNet, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
 from adsrt.train import distributed
 from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
 from adsrt.train.degradations import DegradationSpec
-from adsrt.train.models import NAFNet, build_backbone
-from adsrt.train.restorer import (
+from adsrt.train.select import load_selection
+from adsrt.train.trainer import (
     batch_psnr,
     class_specs,
     cosine_lr,
@@ -39,7 +40,6 @@ from adsrt.train.restorer import (
     restoration_loss,
     split_datasets,
 )
-from adsrt.train.select import load_selection
 
 log = logging.getLogger(__name__)
 

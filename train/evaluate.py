@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adsrt.arch import NAFNet, build_backbone
 from adsrt.bundle import Bundle
 from adsrt.errors import AdsrtError, DataError
 from adsrt.imageio import list_images, read_image
@@ -38,7 +39,6 @@ from adsrt.metrics import PROTOCOLS, score_pair
 from adsrt.train.checkpoint import check_same_architecture, load_backbone_weights
 from adsrt.train.data import find_pairs, to_image, to_tensor
 from adsrt.train.degradations import degrade, keyed_rng, parse_specs
-from adsrt.train.models import NAFNet, build_backbone
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise AdsrtError("give either clean photos (--clean DIR) or degraded/clean pairs (--pairs DEGRADED CLEAN)")
     if cfg.protocol not in PROTOCOLS:
         raise AdsrtError(f"protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
-    from adsrt.restorer import resolve_bundle  # a file or a bundled model name ("default")
+    from adsrt.runtime.restorer import resolve_bundle  # a file or a bundled model name ("default")
 
     bundle, _ = resolve_bundle(cfg.bundle)
     if cfg.clean is not None:

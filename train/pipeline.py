@@ -33,8 +33,8 @@ from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights
 from adsrt.train.classifier import ClassifierTrainConfig, load_classifier, train_classifier
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
-from adsrt.train.restorer import class_specs
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
+from adsrt.train.trainer import class_specs
 from adsrt.train.um import TargetConfig, UMConfig, train_target, train_um
 
 log = logging.getLogger(__name__)

@@ -39,13 +39,13 @@ from typing import Any
 import torch
 
 from adsrt.ads import GRANULARITIES, UnitLayout, unit_layouts
+from adsrt.arch import NAFNetConfig, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
 from adsrt.train import distributed
 from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
 from adsrt.train.data import DegradedImageDataset
-from adsrt.train.models import NAFNetConfig, build_backbone
-from adsrt.train.restorer import LOSSES, class_specs, fixed_batches, restoration_loss
+from adsrt.train.trainer import LOSSES, class_specs, fixed_batches, restoration_loss
 
 log = logging.getLogger(__name__)
 

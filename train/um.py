@@ -4,7 +4,7 @@
 - :func:`train_target`: a copy of the UM fine-tuned on one degradation alone: the "independent mode"
   upper bound, and the end point of the FAIG-SD path.
 
-Both are :func:`adsrt.train.restorer.train_restorer` with a different data spec and starting point.
+Both are :func:`adsrt.train.trainer.train_restorer` with a different data spec and starting point.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from adsrt.train.restorer import RestorerConfig, StepCallback, class_specs, train_restorer
+from adsrt.train.trainer import RestorerConfig, StepCallback, class_specs, train_restorer
 
 
 @dataclass(kw_only=True)

@@ -17,14 +17,15 @@ import pytest
 import torch
 
 from adsrt.ads import apply_ads
+from adsrt.arch import ClassifierConfig
 from adsrt.bundle import save_bundle, synthetic_bundle
 from adsrt.cli import main
 from adsrt.errors import AdsrtError, OutputError
-from adsrt.export.onnx_export import OnnxExportConfig, export_onnx, graph_metadata
+from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
 from adsrt.export.parity import check_parity, output_psnr
-from adsrt.export.swap_split import gather_refit_weights, refit_name, swap_rows
 from adsrt.export.tensorrt_ops import tensorrt_compatibility
-from adsrt.train.models import ClassifierConfig
+from adsrt.runtime.onnx_graph import graph_metadata
+from adsrt.runtime.refit import gather_refit_weights, refit_name, swap_rows
 
 pytestmark = pytest.mark.slow
 
@@ -289,7 +290,7 @@ def test_cli_export_errors(bundle, tmp_path, capsys):
     assert main(["-q", "export", str(tmp_path / "none.safetensors"), "-o", str(tmp_path / "m.onnx")]) == 1
     assert not (tmp_path / "m.onnx").exists()
     capsys.readouterr()
-    from adsrt.export.tensorrt_engine import tensorrt_unavailable_reason
+    from adsrt.runtime.tensorrt_engine import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason()
     if reason is not None:  # here: no TensorRT, so a clear error before any work, and no file

@@ -10,21 +10,21 @@ import pytest
 import torch
 
 import adsrt
+from adsrt.bench.latency import LatencyBenchConfig, run_latency_benchmark
 from adsrt.bundle import save_bundle
 from adsrt.cli import main
 from adsrt.errors import BackendError
+from adsrt.export.graph_cache import cached_graph
 from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
-from adsrt.export.onnxruntime_backend import cached_graph
 from adsrt.export.parity import output_psnr
-from adsrt.latency_benchmark import LatencyBenchConfig, run_latency_benchmark
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def bundle_file(tmp_path_factory):
+    from adsrt.arch import ClassifierConfig
     from adsrt.bundle import synthetic_bundle
-    from adsrt.train.models import ClassifierConfig
 
     b = synthetic_bundle("nafnet-tiny", ("noise", "blur", "rain"), q=0.05, seed=2, delta_scale=0.1, perturb_um=0.05,
                          classifier=ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=64))

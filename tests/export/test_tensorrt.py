@@ -22,10 +22,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from adsrt.arch import ClassifierConfig
 from adsrt.bundle import synthetic_bundle
 from adsrt.errors import AdsrtError, BackendError
 from adsrt.export import engine_cache as engine_cache_module
-from adsrt.export import tensorrt_engine as engine_module
+from adsrt.export.artifacts import tensorrt_graph
 from adsrt.export.engine_cache import (
     CorruptEngineError,
     EngineCache,
@@ -34,20 +35,22 @@ from adsrt.export.engine_cache import (
     check_onnx_matches,
     default_cache_root,
 )
-from adsrt.export.swap_split import refit_name, swap_rows
-from adsrt.export.tensorrt_backend import TensorRTBackend, refit_rows_from_sizes
-from adsrt.export.tensorrt_engine import (
-    EngineConfig,
-    EngineEnvironment,
+from adsrt.export.tensorrt_build import (
     build_engine,
     builder_flag_names,
     builder_flags,
-    has_fast_fp16,
     onnx_conv_initializers,
+)
+from adsrt.runtime import tensorrt_engine as engine_module
+from adsrt.runtime.refit import refit_name, swap_rows
+from adsrt.runtime.tensorrt_backend import TensorRTBackend, refit_rows_from_sizes
+from adsrt.runtime.tensorrt_engine import (
+    EngineConfig,
+    EngineEnvironment,
+    has_fast_fp16,
     tensorrt_unavailable_reason,
     version_tuple,
 )
-from adsrt.train.models import ClassifierConfig
 
 TRT_REASON = tensorrt_unavailable_reason()
 needs_tensorrt = pytest.mark.skipif(TRT_REASON is not None, reason=f"needs TensorRT and CUDA: {TRT_REASON}")
@@ -662,9 +665,8 @@ def test_refit_rows_from_engine_sizes(bundle):
     assert first in str(info.value) and "missing" in str(info.value)
 
 
-def test_export_onnx_cached_reuses_matching_graphs(bundle, tmp_path, monkeypatch):
+def test_tensorrt_graph_reuses_matching_graphs(bundle, tmp_path, monkeypatch):
     onnx_export = pytest.importorskip("adsrt.export.onnx_export", reason="adsrt.export.onnx_export not importable")
-    from adsrt.export.tensorrt_backend import export_onnx_cached
 
     exports = []
 
@@ -677,15 +679,15 @@ def test_export_onnx_cached_reuses_matching_graphs(bundle, tmp_path, monkeypatch
 
     monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
     cache = EngineCache(tmp_path)
-    path = export_onnx_cached(bundle, "swap", "fp16", cache)
+    path = tensorrt_graph(bundle, "swap", "fp16", cache.root)
     assert path.parent == tmp_path / "onnx" / bundle.digest()[:16] and path.name.startswith("tensorrt-swap-fp16-")
-    assert export_onnx_cached(bundle, "swap", "fp16", cache) == path and exports == [("swap", "fp16")]
-    assert export_onnx_cached(bundle, "swap", "fp16", cache, rebuild=True) == path and len(exports) == 2
+    assert tensorrt_graph(bundle, "swap", "fp16", cache.root) == path and exports == [("swap", "fp16")]
+    assert tensorrt_graph(bundle, "swap", "fp16", cache.root, rebuild=True) == path and len(exports) == 2
     _onnx_with_metadata(path, **{"adsrt.mode": "swap", "adsrt.precision": "fp16", "adsrt.bundle_digest": "other"})
-    export_onnx_cached(bundle, "swap", "fp16", cache)  # stale metadata: exported again
+    tensorrt_graph(bundle, "swap", "fp16", cache.root)  # stale metadata: exported again
     assert len(exports) == 3
     path.write_bytes(b"truncated")
-    export_onnx_cached(bundle, "swap", "fp16", cache)  # unreadable: exported again
+    tensorrt_graph(bundle, "swap", "fp16", cache.root)  # unreadable: exported again
     assert len(exports) == 4
 
 
@@ -703,7 +705,7 @@ def test_refit_names_are_the_conv_initializers_of_the_swap_graph(bundle, tmp_pat
     assert sorted(ads) == sorted(r.name for r in rows.values())
     for r in rows.values():
         assert ads[r.name] == ("FLOAT", r.shape)
-    from adsrt.export.tensorrt_engine import read_onnx_metadata
+    from adsrt.export.tensorrt_build import read_onnx_metadata
 
     meta = read_onnx_metadata(result.path)
     assert json.loads(meta["adsrt.refit"]) == {layer: refit_name(layer) for layer in rows}
@@ -792,11 +794,10 @@ def test_classifier_engine_matches_torch(bundle, frames, trt_cache):
 @pytest.mark.gpu
 @needs_tensorrt
 def test_real_engine_cache_hit_stale_and_corrupt(bundle, trt_cache):
-    from adsrt.export.tensorrt_backend import export_onnx_cached
-    from adsrt.export.tensorrt_engine import current_environment
+    from adsrt.runtime.tensorrt_engine import current_environment
 
     cache = EngineCache(trt_cache)
-    onnx = export_onnx_cached(bundle, "branch", "fp32", cache)
+    onnx = tensorrt_graph(bundle, "branch", "fp32", cache.root)
     config = dataclasses.replace(PROFILE, mode="branch")
     first = build_or_load_engine(bundle, onnx, config, cache)
     second = build_or_load_engine(bundle, onnx, config, cache)

@@ -9,16 +9,16 @@ import os
 import pytest
 import torch
 
-from adsrt.bundle import synthetic_bundle, validate
-from adsrt.cli import main
-from adsrt.kernels.swap_benchmark import (
+from adsrt.arch import build_backbone
+from adsrt.bench.ads_update import (
     CSV_COLUMNS,
     METHODS,
     SwapBenchConfig,
     run_swap_benchmark,
     upsert_csv,
 )
-from adsrt.train.models import build_backbone
+from adsrt.bundle import synthetic_bundle, validate
+from adsrt.cli import main
 
 
 def test_cli_bench_swap_writes_the_stable_json(tmp_path, capsys):

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from adsrt.ads import apply_ads
-from adsrt.branch import BranchConv, BranchModel, to_branch
 from adsrt.bundle import load_bundle
 from adsrt.errors import AdsrtError
 from adsrt.kernels.ads_layout import build_ads_layout
 from adsrt.kernels.ads_update import ads_update
+from adsrt.runtime.branch import BranchConv, BranchModel, to_branch
 
 
 def _reference(model, source, c, x):

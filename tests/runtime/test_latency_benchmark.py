@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from adsrt.bench.latency import CSV_COLUMNS, LatencyBenchConfig, run_latency_benchmark, upsert_csv
 from adsrt.cli import main
 from adsrt.errors import AdsrtError
-from adsrt.latency_benchmark import CSV_COLUMNS, LatencyBenchConfig, run_latency_benchmark, upsert_csv
 
 ROW_KEYS = {"backend", "mode", "height", "width", "p50_ms", "p90_ms", "p99_ms", "ads_overhead_frac"}
 

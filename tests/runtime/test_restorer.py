@@ -13,10 +13,10 @@ from skimage.metrics import peak_signal_noise_ratio
 
 import adsrt
 from adsrt.ads import apply_ads
-from adsrt.backends import BACKENDS, CudaGraphFrame, available_backends, create_backend
 from adsrt.bundle import load_bundle, save_bundle
 from adsrt.errors import AdsrtError, BackendError, BundleError, InputError, RestoreError
-from adsrt.restorer import Restorer, RestorerConfig, Timings
+from adsrt.runtime.backends import BACKENDS, CudaGraphFrame, available_backends, create_backend
+from adsrt.runtime.restorer import Restorer, RestorerConfig, Timings
 from adsrt.train.data import to_image, to_tensor
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -150,7 +150,7 @@ def test_non_finite_classifier_output_is_an_error(trained_bundle, clean_photo):
 
 
 def test_load_resolves_files_names_and_the_shipped_default(trained_bundle, tmp_path, monkeypatch):
-    from adsrt.restorer import bundled_models
+    from adsrt.runtime.restorer import bundled_models
 
     assert "default" in bundled_models()  # adsrt/models/default.safetensors ships with the package
     default = adsrt.load(backend="torch", device="cpu")
@@ -163,7 +163,7 @@ def test_load_resolves_files_names_and_the_shipped_default(trained_bundle, tmp_p
     with pytest.raises(AdsrtError, match=r"unknown option\(s\) \['tiles'\]"):
         adsrt.load(trained_bundle, tiles=3)
     # "default" is whatever adsrt/models/default.safetensors holds; without it, a clear error.
-    import adsrt.restorer as restorer_module
+    import adsrt.runtime.restorer as restorer_module
 
     monkeypatch.setattr(restorer_module, "MODELS_DIR", tmp_path / "none")
     with pytest.raises(BundleError, match="the bundled default model is missing"):
@@ -213,7 +213,7 @@ def test_cuda_only_options_are_refused_on_the_cpu(trained_bundle):
 
 
 def test_memory_stays_flat_over_a_long_stream(trained_bundle, clean_photo):
-    from adsrt.latency_benchmark import rss_mb
+    from adsrt.bench.latency import rss_mb
 
     if rss_mb() is None:
         pytest.skip("needs /proc/self/status")

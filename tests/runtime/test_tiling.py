@@ -10,9 +10,9 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 import adsrt
+from adsrt.arch import BACKBONES
 from adsrt.errors import AdsrtError
-from adsrt.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
-from adsrt.train.models import BACKBONES
+from adsrt.runtime.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
 
 
 @pytest.mark.parametrize(("h", "w", "tile", "overlap", "multiple"), [

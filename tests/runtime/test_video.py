@@ -19,20 +19,18 @@ from skimage.metrics import peak_signal_noise_ratio
 import adsrt
 from adsrt.errors import InputError, OutputError, RestoreError
 from adsrt.imageio import write_image
-from adsrt.video import (
+from adsrt.io.sinks import SinkOptions, VideoSink, open_sink
+from adsrt.io.sources import (
     CameraSource,
     Frame,
     FrameSource,
     ImageFolderSource,
     NetworkSource,
-    SinkOptions,
     SourceOptions,
     VideoFileSource,
-    VideoSink,
-    open_sink,
     open_source,
-    process,
 )
+from adsrt.runtime.loop import process
 
 
 def read_video(path: Path) -> tuple[list[np.ndarray], float]:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import adsrt
+from adsrt.arch import ClassifierConfig
 from adsrt.bundle import load_bundle, save_bundle
 from adsrt.cli import main
 from adsrt.errors import AdsrtError
 from adsrt.train.calibrate import calibrate_temperature
-from adsrt.train.models import ClassifierConfig
 
 
 def test_calibration_picks_the_best_mean_and_is_stored(make_bundle, photo, tmp_path, capsys):

@@ -142,8 +142,8 @@ def test_eval_bad_input_exits_1(make_bundle, photos, tmp_path, capsys, argv, mes
 
 
 def test_eval_targets_of_another_architecture_are_refused(make_bundle, photos, tmp_path, capsys):
+    from adsrt.arch import BACKBONES, build_backbone
     from adsrt.train.checkpoint import save_weights
-    from adsrt.train.models import BACKBONES, build_backbone
 
     small = BACKBONES["nafnet-small"]
     save_weights(tmp_path / "work" / "targets" / "noise" / "model.safetensors", build_backbone(small).state_dict(),

@@ -10,12 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from adsrt.ads import unit_layouts
+from adsrt.arch import BACKBONES, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.train.checkpoint import save_weights
 from adsrt.train.data import DegradedImageDataset
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
-from adsrt.train.models import BACKBONES, build_backbone
-from adsrt.train.restorer import fixed_batches
 from adsrt.train.select import (
     ENCODER_PREFIXES,
     SelectConfig,
@@ -24,6 +23,7 @@ from adsrt.train.select import (
     run_select,
     top_q_units,
 )
+from adsrt.train.trainer import fixed_batches
 
 TINY = BACKBONES["nafnet-tiny"]
 

@@ -1,4 +1,4 @@
-"""Tests of adsrt.train.models: NAFNet, the degradation classifier, configs and the cost model."""
+"""Tests of adsrt.arch: NAFNet, the degradation classifier, configs and the cost model."""
 
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adsrt.train.models import (
+from adsrt.arch import (
     BACKBONES,
     ClassifierConfig,
     DegradationClassifier,
-    LayerNorm2d,
     ModelCost,
-    NAFBlock,
     NAFNet,
     NAFNetConfig,
     build_backbone,
@@ -26,6 +24,8 @@ from adsrt.train.models import (
     count_params,
     model_cost,
 )
+from adsrt.arch.nafnet import LayerNorm2d, NAFBlock
+from adsrt.errors import ConfigError, InputError
 
 TINY = NAFNetConfig(width=4, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1))
 CLF = ClassifierConfig(num_classes=5, input_size=32, width=4, depth=3)
@@ -73,7 +73,7 @@ def test_nafnet_default_config_pads_to_16() -> None:
 
 
 def test_nafnet_rejects_non_4d_input(tiny: NAFNet) -> None:
-    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+    with pytest.raises(InputError, match=r"\[B, C, H, W\]"):
         tiny(torch.rand(3, 8, 8))
 
 
@@ -196,24 +196,24 @@ def test_nafnet_config_from_dict_defaults_missing_keys() -> None:
     ],
 )
 def test_nafnet_config_from_dict_errors(d: dict, match: str) -> None:
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         NAFNetConfig.from_dict(d)
 
 
 def test_nafnet_config_from_dict_rejects_non_dict() -> None:
-    with pytest.raises(ValueError, match="dict"):
+    with pytest.raises(ConfigError, match="dict"):
         NAFNetConfig.from_dict([("width", 8)])  # type: ignore[arg-type]
 
 
 def test_classifier_config_round_trip_and_errors() -> None:
     assert ClassifierConfig.from_dict(CLF.to_dict()) == CLF
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ConfigError, match="missing"):
         ClassifierConfig.from_dict({"width": 8})
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ConfigError, match="unknown"):
         ClassifierConfig.from_dict({"num_classes": 3, "classes": 3})
-    with pytest.raises(ValueError, match="input_size"):
+    with pytest.raises(ConfigError, match="input_size"):
         ClassifierConfig(num_classes=3, input_size=8, depth=4)
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigError, match="num_classes"):
         ClassifierConfig(num_classes=0)
 
 
@@ -226,7 +226,7 @@ def test_build_backbone_by_name_and_config() -> None:
 
 
 def test_build_backbone_unknown_name_lists_names() -> None:
-    with pytest.raises(ValueError, match="nafnet-edge") as info:
+    with pytest.raises(ConfigError, match="nafnet-edge") as info:
         build_backbone("nafnet-huge")
     assert "nafnet-huge" in str(info.value)
 
@@ -275,7 +275,7 @@ def test_windowed_classifier_is_the_mean_of_its_window_logits() -> None:
 def test_classifier_config_without_window_loads_as_whole_frame() -> None:
     old = {"num_classes": 4, "input_size": 32, "width": 4, "depth": 2}  # a bundle from before windows
     assert ClassifierConfig.from_dict(old).window == 0
-    with pytest.raises(ValueError, match="grid"):
+    with pytest.raises(ConfigError, match="grid"):
         ClassifierConfig(num_classes=3, input_size=16, depth=2, window=32, grid=0)
 
 
@@ -316,7 +316,7 @@ def test_model_cost_linear() -> None:
     # A Linear on NCHW applies over W: C * H rows of in_features -> out_features.
     lin = nn.Linear(10, 4)
     assert model_cost(lin, 3, 10, channels=2).macs == 2 * 3 * 10 * 4
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(ConfigError, match="channels"):
         model_cost(lin, 3, 10)
 
 

@@ -1,7 +1,7 @@
 """Per-frame latency of the runtime: every available backend and mode at 480p, 720p and 1080p.
 
 Shared by ``benchmarks/bench_latency.py`` (which upserts rows into ``benchmarks/results/latency.csv``)
-and ``adsrt bench latency``. One row per (backend, mode, size): a :class:`adsrt.restorer.Restorer` per
+and ``adsrt bench latency``. One row per (backend, mode, size): a :class:`adsrt.runtime.restorer.Restorer` per
 (backend, mode) restores the same frame ``iters`` times (after ``warmup`` frames), the restorers taking
 turns frame by frame so that the drifts of a shared machine hit every mode alike; each frame's wall
 time, from the uint8 array in to the uint8 array out, is one sample, and p50/p90/p99 are over those
@@ -36,10 +36,10 @@ import numpy as np
 import torch
 
 from adsrt import fileio
-from adsrt.backends import BACKENDS, MODES, PRECISIONS, available_backends, resolve_device
+from adsrt.arch import BACKBONES, ClassifierConfig
 from adsrt.bundle import synthetic_bundle
 from adsrt.errors import AdsrtError
-from adsrt.train.models import BACKBONES, ClassifierConfig
+from adsrt.runtime.backends import BACKENDS, MODES, PRECISIONS, available_backends, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,9 @@ def _time_size(restorers: dict, frame: np.ndarray, config: LatencyBenchConfig, b
 def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
     from tqdm import tqdm
 
+    from adsrt.bench.ads_update import device_name
     from adsrt.kernels.ads_update import TRITON_VERSION
-    from adsrt.kernels.swap_benchmark import device_name
-    from adsrt.restorer import Restorer, RestorerConfig
+    from adsrt.runtime.restorer import Restorer, RestorerConfig
 
     device = resolve_device(config.device)
     reasons = available_backends()

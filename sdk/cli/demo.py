@@ -183,7 +183,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     from tqdm import tqdm
 
     from adsrt.imageio import sample_photos
-    from adsrt.restorer import Restorer, RestorerConfig, resolve_bundle
+    from adsrt.runtime.restorer import Restorer, RestorerConfig, resolve_bundle
 
     config.check()
     bundle, label = resolve_bundle(config.bundle)

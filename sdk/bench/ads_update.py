@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from adsrt import fileio
+from adsrt.arch import BACKBONES, build_backbone
 from adsrt.bundle import Bundle, synthetic_bundle
 from adsrt.errors import AdsrtError
 from adsrt.kernels.ads_layout import AdsLayout, build_ads_layout
-from adsrt.train.models import BACKBONES, build_backbone
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ API for one shape profile (``--min-shape/--opt-shape/--max-shape`` as BxHxW), th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -52,10 +51,11 @@ def _check_output(out: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from adsrt.export.onnx_export import OnnxExportConfig, export_onnx, load_onnx
+    from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
     from adsrt.export.parity import check_parity
     from adsrt.export.tensorrt_ops import tensorrt_compatibility
-    from adsrt.restorer import resolve_bundle
+    from adsrt.runtime.onnx_graph import load_onnx
+    from adsrt.runtime.restorer import resolve_bundle
 
     bundle, label = resolve_bundle(args.bundle)
     out = Path(args.output)
@@ -87,20 +87,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_tensorrt(args: argparse.Namespace, bundle, out: Path) -> int:
-    from adsrt.export.engine_cache import EngineCache, build_or_load_engine
-    from adsrt.export.onnx_export import graph_metadata, load_onnx
-    from adsrt.export.tensorrt_backend import export_onnx_cached
-    from adsrt.export.tensorrt_engine import EngineConfig, import_tensorrt
+    from adsrt.export.artifacts import tensorrt_engine
+    from adsrt.runtime.tensorrt_engine import EngineConfig, import_tensorrt
 
     if args.fuse_classifier:
         raise AdsrtError("--fuse-classifier is an ONNX option; TensorRT engines run the classifier separately")
     import_tensorrt()  # clear error (exit 1) when TensorRT or CUDA is missing, before any work
     config = EngineConfig(mode=args.mode, precision=args.precision, min_shape=args.min_shape,
                           opt_shape=args.opt_shape, max_shape=args.max_shape, workspace_mb=args.workspace_mb)
-    cache = EngineCache(args.cache_dir)
-    onnx_path = export_onnx_cached(bundle, args.mode, args.precision, cache)
-    refit = list(json.loads(graph_metadata(load_onnx(onnx_path)).get("adsrt.refit", "{}")).values())
-    loaded = build_or_load_engine(bundle, onnx_path, config, cache, rebuild=args.rebuild, refit_names=refit)
+    loaded = tensorrt_engine(bundle, config, cache_dir=args.cache_dir, rebuild=args.rebuild)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.copyfile(loaded.path, tmp)
     tmp.replace(out)

@@ -1,4 +1,4 @@
-"""Frame sources and sinks named by URI (the jetson-inference grammar), and the frame loop between them.
+"""Frame sources named by URI (the jetson-inference grammar).
 
 Inputs (:func:`open_source`):
 
@@ -9,15 +9,8 @@ Inputs (:func:`open_source`):
 ``file://path``                 the same, as a URI
 ``v4l2:///dev/video0``, ``0``   a V4L2 camera, by device path or index
 ``rtsp://host/path``            a network stream (also ``rtsps``, ``http``, ``https``), reconnected with backoff
-==============================  =====================================================================
 
-Outputs (:func:`open_sink`): an image file (for an image input), a folder (one image per frame, the
-input's file names for folder inputs, ``000000.png`` ... otherwise), or a video file (codec from the
-extension: ``.mp4/.mov/.m4v`` mp4v, ``.avi`` MJPG, ``.mkv`` FFV1 lossless; ``--output-codec`` overrides).
-Without an output, files are written next to the input with a suffix (``clip_restored.mp4``,
-``folder_restored/``); live inputs need an explicit output.
-
-Failure handling, as the runtime issue asks:
+Failure handling:
 
 - missing, corrupt or unsupported inputs raise :class:`InputError` (an unreadable image inside a folder
   is skipped with a warning and counted instead);
@@ -25,16 +18,10 @@ Failure handling, as the runtime issue asks:
   its declared frame count stops with a warning (``end: ended early``), never a crash;
 - a camera that stops delivering frames (unplugged) ends the stream cleanly with a message;
 - a network stream that drops is reopened with exponential backoff (``retries`` attempts, delays
-  ``backoff_s * 2**i`` capped at ``backoff_max_s``), then the stream ends cleanly with a message;
-- outputs are written to a temporary name in the target folder and renamed when complete (images per
-  file, videos when the stream ends); a failed run removes the temporary file, so no half file ever
-  carries the final name. Unwritable outputs fail before the first frame is processed;
-- on Ctrl-C (and SIGTERM, in ``adsrt restore``) the video writer is closed, and the part written so far
-  is kept under the final name only if OpenCV can read a frame back from it (a playable file); otherwise
-  it is removed. The frame being restored at that moment is dropped (and not counted).
+  ``backoff_s * 2**i`` capped at ``backoff_max_s``), then the stream ends cleanly with a message.
 
-Frames in = frames out + skipped (broken or wrong-sized frames), and :class:`RunReport` says so.
-Frames are RGB uint8 ``HxWx3`` throughout (OpenCV's BGR is converted at the edges).
+Frames are RGB uint8 ``HxWx3`` (OpenCV's BGR is converted here, at the edge). Sinks are
+:mod:`adsrt.io.sinks`; the loop between them is :func:`adsrt.runtime.loop.process`.
 """
 
 from __future__ import annotations
@@ -52,30 +39,27 @@ from typing import Any, ClassVar, Protocol
 import cv2
 import numpy as np
 
-from adsrt.errors import AdsrtError, ImageReadError, InputError, OutputError
-from adsrt.fileio import check_writable_folder
-from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from adsrt.errors import ImageReadError, InputError, OutputError
+from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_CODECS",
+    "NETWORK_SCHEMES",
     "VIDEO_EXTENSIONS",
     "Frame",
-    "FrameSink",
     "FrameSource",
-    "RunReport",
-    "SinkOptions",
     "SourceOptions",
-    "open_sink",
     "open_source",
-    "process",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
-DEFAULT_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
-DEFAULT_FPS = 30.0
+# Video containers adsrt writes, with the codec each gets by default (a video input's default output keeps its
+# container when it is one of these).
+DEFAULT_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
+
 
 
 class Capture(Protocol):
@@ -106,15 +90,6 @@ class SourceOptions:
     camera_failures: int = 10  # cameras: consecutive failed reads that mean the camera is gone
     camera_retry_s: float = 0.05  # cameras: pause between failed reads
 
-
-@dataclass
-class SinkOptions:
-    """``--output-*`` options."""
-
-    codec: str | None = None  # video FourCC (default from the extension, DEFAULT_CODECS)
-    rate: float | None = None  # video frame rate (default: the input's, else 30)
-    ext: str | None = None  # image format of folder outputs (default: the input file's, else .png)
-    suffix: str = "_restored"  # default output name: next to the input, with this suffix
 
 
 @dataclass
@@ -367,13 +342,13 @@ class NetworkSource(_CaptureSource):
             if self._try_open():
                 break
         else:
-            raise InputError(f"cannot open stream {_redact(url)} after {self.options.retries + 1} attempts")
+            raise InputError(f"cannot open stream {redact(url)} after {self.options.retries + 1} attempts")
         self._read_props()
 
     def _wait(self, attempt: int, why: str) -> None:
         o = self.options
         delay = min(o.backoff_s * 2**attempt, o.backoff_max_s)
-        log.warning("stream %s %s; retrying in %.1f s (attempt %d of %d)", _redact(self.uri), why, delay,
+        log.warning("stream %s %s; retrying in %.1f s (attempt %d of %d)", redact(self.uri), why, delay,
                     attempt + 1, o.retries)
         self.delays.append(delay)
         self._sleep(delay)
@@ -400,7 +375,7 @@ class NetworkSource(_CaptureSource):
                 self.cap = None
             if attempt >= self.options.retries:
                 self.state.end = "stream lost"
-                self.state.warn(f"stream {_redact(self.uri)} dropped and did not come back after "
+                self.state.warn(f"stream {redact(self.uri)} dropped and did not come back after "
                                 f"{self.options.retries} attempts; stopping after {index} frames")
                 return
             self._wait(attempt, "dropped")
@@ -409,12 +384,12 @@ class NetworkSource(_CaptureSource):
                 self.state.reconnects += 1
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """A URL without its password (rtsp://user:secret@host -> rtsp://user:***@host) for messages."""
     return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", url)
 
 
-def _local_path(text: str) -> str:
+def local_path(text: str) -> str:
     if text.startswith("file://"):
         return text[len("file://"):]
     return text
@@ -436,9 +411,9 @@ def open_source(uri: str | os.PathLike, options: SourceOptions | None = None, *,
     if scheme in NETWORK_SCHEMES:
         return NetworkSource(text, options, opener=opener, sleep=sleep)
     if scheme and scheme != "file":
-        raise InputError(f"{_redact(text)}: unsupported input scheme {scheme!r} (use a file, folder, video, "
+        raise InputError(f"{redact(text)}: unsupported input scheme {scheme!r} (use a file, folder, video, "
                          f"v4l2:///dev/videoN, a camera index, or {', '.join(s + '://' for s in NETWORK_SCHEMES)})")
-    path = Path(_local_path(text))
+    path = Path(local_path(text))
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
@@ -450,292 +425,3 @@ def open_source(uri: str | os.PathLike, options: SourceOptions | None = None, *,
         return VideoFileSource(path, options, opener=opener)
     raise InputError(f"{path}: unsupported input type {suffix or '(no extension)'!r} (images: "
                      f"{' '.join(IMAGE_EXTENSIONS)}; videos: {' '.join(VIDEO_EXTENSIONS)})")
-
-
-# ----------------------------------------------------------------------------------------------- sinks
-
-
-class FrameSink(ABC):
-    """Where restored frames go: ``write`` each, then ``close`` (success), ``abort`` (failure: nothing under
-    the final name) or ``interrupt`` (Ctrl-C: keep what is complete and playable)."""
-
-    fixed_size: ClassVar[bool] = False  # every frame must have the first frame's size (videos)
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.written = 0
-
-    @abstractmethod
-    def write(self, frame: Frame, image: np.ndarray) -> None: ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook: per-file sinks finish as they write
-        return None
-
-    def abort(self) -> None:  # noqa: B027 - optional hook: per-file sinks leave only complete files
-        return None
-
-    def interrupt(self) -> bool:
-        """Finish what can be kept after Ctrl-C; True when something is kept under the final name."""
-        self.close()
-        return self.written > 0
-
-
-class ImageFileSink(FrameSink):
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise OutputError(f"{path}: unsupported image extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
-        check_writable_folder(path.parent, path)
-
-    def write(self, frame: Frame, image: np.ndarray) -> None:
-        if self.written:
-            raise OutputError(f"{self.path}: one image file holds one frame; use a folder or video output")
-        write_image(self.path, image)  # atomic
-        self.written += 1
-
-
-class ImageFolderSink(FrameSink):
-    def __init__(self, folder: Path, ext: str) -> None:
-        super().__init__(folder)
-        self.ext = ext if ext.startswith(".") else f".{ext}"
-        if self.ext.lower() not in IMAGE_EXTENSIONS:
-            raise OutputError(f"unsupported image format {ext!r} for folder output (use {', '.join(IMAGE_EXTENSIONS)})")
-        if folder.exists() and not folder.is_dir():
-            raise OutputError(f"{folder}: exists and is not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror})") from exc
-        check_writable_folder(folder, folder / f"x{self.ext}")
-
-    def write(self, frame: Frame, image: np.ndarray) -> None:
-        stem = Path(frame.name).stem if frame.name else f"{frame.index:06d}"
-        write_image(self.path / f"{stem}{self.ext}", image)  # atomic, per file
-        self.written += 1
-
-
-class VideoSink(FrameSink):
-    """A video file written with OpenCV to a temporary name beside the target, renamed on close."""
-
-    fixed_size = True
-
-    def __init__(self, path: Path, fps: float, codec: str | None = None) -> None:
-        super().__init__(path)
-        suffix = path.suffix.lower()
-        self.codec = codec or DEFAULT_CODECS.get(suffix)
-        if self.codec is None:
-            raise OutputError(f"{path}: no default codec for {suffix!r} videos; pass --output-codec FOURCC or use "
-                              f"{', '.join(DEFAULT_CODECS)}")
-        if len(self.codec) != 4:
-            raise OutputError(f"codec must be a four-character code (e.g. mp4v, MJPG, FFV1), got {self.codec!r}")
-        if not (np.isfinite(fps) and fps > 0):
-            raise OutputError(f"bad output frame rate {fps!r}")
-        self.fps = float(fps)
-        check_writable_folder(path.parent, path)
-        # Same extension at the end: OpenCV picks the container from it.
-        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-        self.size: tuple[int, int] | None = None
-        self._writer: cv2.VideoWriter | None = None
-
-    def write(self, frame: Frame, image: np.ndarray) -> None:
-        h, w = image.shape[:2]
-        if self._writer is None:
-            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
-            if not self._writer.isOpened():
-                self._writer.release()
-                self._writer = None
-                self.tmp.unlink(missing_ok=True)
-                raise OutputError(f"{self.path}: OpenCV cannot write {self.codec!r} video into {self.path.suffix!r} "
-                                  "(try another --output-codec or extension)")
-            self.size = (w, h)
-        elif (w, h) != self.size:
-            raise OutputError(f"frame {frame.index}: size {w}x{h} differs from the video's {self.size[0]}x{self.size[1]}")
-        self._writer.write(np.ascontiguousarray(image[:, :, ::-1]))
-        self.written += 1
-
-    def _release(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-
-    def close(self) -> None:
-        self._release()
-        if not self.written:
-            self.tmp.unlink(missing_ok=True)
-            return
-        try:
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.tmp.unlink(missing_ok=True)
-            raise OutputError(f"{self.path}: cannot move the finished video into place ({exc.strerror})") from exc
-
-    def abort(self) -> None:
-        self._release()
-        self.tmp.unlink(missing_ok=True)
-
-    def interrupt(self) -> bool:
-        self._release()
-        if self.written and playable(self.tmp):
-            os.replace(self.tmp, self.path)
-            return True
-        self.tmp.unlink(missing_ok=True)
-        return False
-
-
-def playable(path: Path) -> bool:
-    """Whether OpenCV opens ``path`` and decodes its first frame."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        return bool(cap.isOpened()) and bool(cap.read()[0])
-    finally:
-        cap.release()
-
-
-def open_sink(uri: str | os.PathLike | None, source: FrameSource, options: SinkOptions | None = None) -> FrameSink:
-    """The sink an output URI names for ``source`` (None: next to the input, see the module doc)."""
-    options = options or SinkOptions()
-    text = os.fspath(uri) if uri is not None else str(source.default_output(options.suffix))
-    if "://" in text and not text.startswith("file://"):
-        raise OutputError(f"{_redact(text)}: streaming outputs are not supported; write a video file or a folder")
-    path = Path(_local_path(text))
-    suffix = path.suffix.lower()
-    if suffix in VIDEO_EXTENSIONS:
-        if isinstance(source, ImageFileSource):
-            raise OutputError(f"{path}: an image input needs an image or folder output")
-        return VideoSink(path, options.rate or source.fps or DEFAULT_FPS, options.codec)
-    if suffix in IMAGE_EXTENSIONS and not path.is_dir():
-        if not isinstance(source, ImageFileSource):
-            raise OutputError(f"{path}: a {source.kind} input needs a folder or video output, not one image file")
-        return ImageFileSink(path)
-    if suffix and not path.is_dir() and not text.endswith(("/", os.sep)):
-        raise OutputError(f"{path}: unknown output type {suffix!r} (an image, a video {' '.join(VIDEO_EXTENSIONS)}, "
-                          "or a folder)")
-    ext = options.ext
-    if ext is None:
-        ext = Path(source.uri).suffix if isinstance(source, ImageFileSource) else ".png"
-    return ImageFolderSink(path, ext)
-
-
-# ----------------------------------------------------------------------------------------------- the loop
-
-
-@dataclass
-class RunReport:
-    """What a run did. ``frames_in == frames_out + skipped`` always holds."""
-
-    input: str
-    output: str
-    frames_in: int = 0
-    frames_out: int = 0
-    skipped: int = 0
-    expected: int | None = None  # declared frames of a file input
-    end: str = "end of input"
-    interrupted: bool = False
-    kept_partial: bool = False
-    seconds: float = 0.0
-    warnings: list[str] = field(default_factory=list)
-    frames: list[dict[str, Any]] = field(default_factory=list)  # per-frame stats (when collected)
-
-    @property
-    def fps(self) -> float:
-        return self.frames_out / self.seconds if self.seconds > 0 else 0.0
-
-    def summary(self) -> str:
-        parts = [f"{self.frames_out} of {self.frames_in} frames restored"]
-        if self.skipped:
-            parts.append(f"{self.skipped} skipped")
-        if self.expected is not None and self.frames_in < self.expected:
-            parts.append(f"{self.expected - self.frames_in} missing of {self.expected} declared")
-        parts.append(f"{self.fps:.2f} fps")
-        if self.end != "end of input":
-            parts.append(self.end)
-        return ", ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "input": self.input, "output": self.output, "frames_in": self.frames_in, "frames_out": self.frames_out,
-            "skipped": self.skipped, "expected": self.expected, "end": self.end, "interrupted": self.interrupted,
-            "kept_partial": self.kept_partial, "seconds": self.seconds, "fps": self.fps, "warnings": self.warnings,
-            "frames": self.frames,
-        }
-
-
-def process(source: FrameSource, sink: FrameSink, restorer, *, side_by_side: bool = False,
-            collect_stats: bool = False, progress: bool = False) -> RunReport:
-    """Restore every frame of ``source`` into ``sink`` with ``restorer`` (see the module doc for what is
-    skipped, what stops the run and what is kept). Ctrl-C ends the run with ``interrupted=True`` (the
-    caller decides the exit status; the frame in flight at that moment is dropped and not counted); any
-    other error removes the unfinished output and propagates."""
-    from tqdm import tqdm
-
-    report = RunReport(input=source.uri, output=str(sink.path), expected=source.expected)
-    if source.temporal:
-        restorer.reset()
-    bar = tqdm(total=source.expected if not source.live else None, unit="frame", disable=not progress,
-               desc=Path(source.uri).name if not source.live else source.uri, dynamic_ncols=True)
-    size: tuple[int, int] | None = None
-    start = time.perf_counter()
-    frames = iter(source)
-    in_flight = False  # a frame was read and is neither written nor skipped yet
-    try:
-        while True:
-            t0 = time.perf_counter()
-            frame = next(frames, None)
-            if frame is None:
-                break
-            read_ms = (time.perf_counter() - t0) * 1e3
-            report.frames_in += 1
-            in_flight = True
-            bar.update(1)
-            if frame.image is None:
-                report.skipped += 1
-                in_flight = False
-                continue
-            image = frame.image
-            if sink.fixed_size:
-                if size is None:
-                    size = image.shape[:2]
-                elif image.shape[:2] != size:
-                    report.skipped += 1
-                    in_flight = False
-                    source.state.warn(f"frame {frame.index}: size {image.shape[1]}x{image.shape[0]} differs from "
-                                      f"the first frame's {size[1]}x{size[0]}; skipped")
-                    continue
-            restored = restorer.step(image) if source.temporal else restorer.restore(image)
-            t1 = time.perf_counter()
-            sink.write(frame, np.hstack([image, restored]) if side_by_side else restored)
-            write_ms = (time.perf_counter() - t1) * 1e3
-            report.frames_out += 1
-            in_flight = False
-            if collect_stats:
-                info = restorer.last
-                report.frames.append({
-                    "index": frame.index, "name": frame.name, "c": info.c, "probabilities": info.probabilities,
-                    "scene_change": info.scene_change, "tiles": info.tiles,
-                    "timings_ms": {"read": read_ms, **info.timings.as_dict(), "write": write_ms},
-                })
-    except KeyboardInterrupt:
-        if in_flight:  # the frame being restored when the interrupt came is dropped, not counted
-            report.frames_in -= 1
-        report.interrupted = True
-        report.end = "interrupted"
-        report.kept_partial = sink.interrupt()
-    except BaseException:
-        sink.abort()
-        raise
-    else:
-        if report.frames_out == 0:
-            sink.abort()
-            raise InputError(f"{source.uri}: no frame could be read ({report.skipped} skipped)")
-        sink.close()
-    finally:
-        bar.close()
-        report.seconds = time.perf_counter() - start
-        source.close()
-        if not report.interrupted:
-            report.end = source.state.end
-        report.warnings = list(source.state.warnings)
-    if report.frames_in != report.frames_out + report.skipped:  # pragma: no cover - an invariant
-        raise AdsrtError(f"frame accounting is off: {report.frames_in} in, {report.frames_out} out, "
-                         f"{report.skipped} skipped")
-    return report

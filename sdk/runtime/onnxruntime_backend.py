@@ -1,12 +1,12 @@
 """The ``onnxruntime`` backend of the runtime: the exported graphs under ONNX Runtime (CPU).
 
 Graphs come from a file the user exported (``graph=``) or are exported on first use and cached
-(:mod:`adsrt.export.graph_cache`: stale entries are exported again, never run).
+(through :func:`adsrt.runtime.artifacts.exported`; stale entries are exported again, never run).
 
 Modes:
 
 - ``um`` and ``branch``: constant weights; branch feeds ``c`` ``[B, k]`` as the graph input ``c``.
-- ``swap``: the graph's refittable initializers (``ads.<layer>``, :mod:`adsrt.export.swap_split`) are
+- ``swap``: the graph's refittable initializers (``ads.<layer>``, :mod:`adsrt.runtime.refit`) are
   also declared graph inputs, which ONNX Runtime lets a run override. The cached swap graph splits no
   layer (``split_max=0``: every masked weight is overridden whole, which costs ONNX Runtime nothing,
   while a split costs a gather per layer); a user's graph with split layers works too. ``update(c)`` runs the fused ADS
@@ -27,13 +27,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adsrt.backends import MODES, Backend, resolve_device
 from adsrt.errors import BackendError
-from adsrt.export.graph_cache import cache_root, cached_graph
+from adsrt.kernels.ads_layout import build_ads_layout
+from adsrt.kernels.ads_update import ads_update, resolve_backend
+from adsrt.runtime.artifacts import exported
+from adsrt.runtime.backends import MODES, Backend, resolve_device
+from adsrt.runtime.onnx_graph import GRAPH_PRECISIONS, expose_initializers, graph_metadata, load_onnx
+from adsrt.runtime.refit import gather_refit_weights, swap_rows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OnnxRuntimeBackend", "cache_root", "cached_graph", "onnxruntime_unavailable_reason"]
+__all__ = ["OnnxRuntimeBackend", "onnxruntime_unavailable_reason"]
 
 
 def onnxruntime_unavailable_reason() -> str | None:
@@ -43,21 +47,6 @@ def onnxruntime_unavailable_reason() -> str | None:
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install 'adsrt[export]')"
     return None
-
-
-def _expose_initializers(model_proto, names: list[str]):
-    """Declare initializers ``names`` as graph inputs too, so a run may override them."""
-    from onnx import helper
-
-    inits = {i.name: i for i in model_proto.graph.initializer}
-    existing = {i.name for i in model_proto.graph.input}
-    for name in names:
-        if name not in inits:
-            raise BackendError(f"swap graph has no refittable initializer {name!r}: export it again")
-        if name not in existing:
-            init = inits[name]
-            model_proto.graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
-    return model_proto
 
 
 class OnnxRuntimeBackend(Backend):
@@ -73,12 +62,10 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError(f"the onnxruntime backend is unavailable: {reason}")
         import onnxruntime as ort
 
-        from adsrt.export.onnx_export import EXPORT_PRECISIONS, graph_metadata, load_onnx
-
         if mode not in MODES:
             raise BackendError(f"mode must be one of {MODES}, got {mode!r}")
-        if precision not in EXPORT_PRECISIONS:
-            raise BackendError(f"the onnxruntime backend runs {sorted(EXPORT_PRECISIONS)}, not {precision!r}")
+        if precision not in GRAPH_PRECISIONS:
+            raise BackendError(f"the onnxruntime backend runs {sorted(GRAPH_PRECISIONS)}, not {precision!r}")
         self.device = resolve_device("cpu" if device in (None, "auto") else device)
         if self.device.type != "cpu":
             raise BackendError("the onnxruntime backend runs on the CPU here; use --backend tensorrt or torch on CUDA")
@@ -104,12 +91,12 @@ class OnnxRuntimeBackend(Backend):
                 raise BackendError(f"{path} does not fit: " + "; ".join(bad))
             self.precision = meta.get("adsrt.precision", precision)
         else:
-            path = cached_graph(bundle, mode, precision, cache_dir)
+            path = exported("onnx", bundle, mode=mode, precision=precision, cache_dir=cache_dir)
         self.graph_path = path
         proto = load_onnx(path)
         self.refit_names: dict[str, str] = json.loads(graph_metadata(proto).get("adsrt.refit", "{}"))
         if mode == "swap":
-            proto = _expose_initializers(proto, list(self.refit_names.values()))
+            proto = expose_initializers(proto, list(self.refit_names.values()))
         self.session = self._session(proto, path)
 
         # The classifier graph is exported/loaded on the first classify() (um mode may never call it).
@@ -120,10 +107,6 @@ class OnnxRuntimeBackend(Backend):
         self.layout = None
         self._feeds: dict[str, np.ndarray] = {}
         if mode == "swap":
-            from adsrt.export.swap_split import gather_refit_weights, swap_rows
-            from adsrt.kernels.ads_layout import build_ads_layout
-            from adsrt.kernels.ads_update import resolve_backend
-
             model = bundle.build_um()
             split_max = json.loads(graph_metadata(proto).get("adsrt.split_max", "0.5"))
             self.rows = swap_rows(bundle, model, split_max)
@@ -167,18 +150,13 @@ class OnnxRuntimeBackend(Backend):
         if not self.has_classifier:
             raise BackendError("this bundle has no degradation classifier; force a degradation instead")
         if self.classifier_session is None:
-            from adsrt.export.onnx_export import load_onnx
-
-            path = cached_graph(self._bundle, "classifier", "fp32", self._cache_dir)
+            path = exported("onnx", self._bundle, mode="classifier", precision="fp32", cache_dir=self._cache_dir)
             self.classifier_session = self._session(load_onnx(path), path)
         (logits,) = self.classifier_session.run(None, {"x": x.float().contiguous().numpy()})
         return torch.from_numpy(logits)
 
     def update(self, c: Tensor) -> None:
         if self.mode == "swap":
-            from adsrt.export.swap_split import gather_refit_weights
-            from adsrt.kernels.ads_update import ads_update
-
             if c.shape[0] != 1:
                 raise BackendError("swap mode applies one c to all frames of a batch; use branch mode to mix them")
             ads_update(self.layout, c[0], backend=self.update_backend, validate=False)

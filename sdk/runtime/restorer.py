@@ -12,10 +12,10 @@ Images are numpy ``HxWx3 uint8`` arrays in the channel order of ``RestorerConfig
 
 Per frame: decode (array -> tensor on the device, value range and channel order of the bundle's input
 contract) -> classify (the degradation classifier, which views a large frame through a grid of windows at
-its training scale, see :class:`adsrt.train.models.DegradationClassifier`: ``p = softmax(logits / T)``,
+its training scale, see :class:`adsrt.arch.DegradationClassifier`: ``p = softmax(logits / T)``,
 ``c = p[:k]``; the last class is clean/unknown) -> update (``c`` into the model: the fused in-place
 update in swap mode, an input in branch mode) -> restore (whole frame, or overlapping blended tiles for
-large frames, see :mod:`adsrt.tiling`) -> encode (tensor -> uint8 array). ``force`` skips the
+large frames, see :mod:`adsrt.runtime.tiling`) -> encode (tensor -> uint8 array). ``force`` skips the
 classifier (a one-hot ``c``; ``"clean"`` gives ``c = 0``, the plain UM).
 
 Streams (:meth:`Restorer.stream`, :meth:`Restorer.step`) smooth ``c`` with an EMA
@@ -43,16 +43,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adsrt.backends import MODES, PRECISIONS, Backend, CudaGraphFrame, create_backend, smooth_coefficients
 from adsrt.bundle import Bundle, load_bundle
 from adsrt.errors import AdsrtError, BundleError, InputError, RestoreError
-from adsrt.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
+from adsrt.runtime.backends import (
+    MODES,
+    PRECISIONS,
+    Backend,
+    CudaGraphFrame,
+    create_backend,
+    smooth_coefficients,
+)
+from adsrt.runtime.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
 
 log = logging.getLogger(__name__)
 
 __all__ = ["FrameInfo", "Restorer", "RestorerConfig", "Timings", "bundled_models", "load", "resolve_bundle"]
 
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # sdk/models, shipped as package data of adsrt
 CLEAN = "clean"
 STAGES = ("decode", "classify", "update", "restore", "encode")
 THUMB_SIZE = 32

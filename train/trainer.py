@@ -33,13 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from adsrt.arch import BACKBONES, NAFNet, NAFNetConfig, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes, write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint, save_weights
 from adsrt.train.data import DegradedImageDataset
 from adsrt.train.degradations import DegradationSpec, parse_specs
-from adsrt.train.models import BACKBONES, NAFNet, NAFNetConfig, build_backbone
 
 log = logging.getLogger(__name__)
 

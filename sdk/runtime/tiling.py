@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from adsrt.arch import NAFNetConfig
 from adsrt.errors import AdsrtError
-from adsrt.train.models import NAFNetConfig
 
 __all__ = ["TilePlan", "activation_bytes_per_pixel", "auto_tile", "plan_tiles", "tiled_forward"]
 

@@ -50,11 +50,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adsrt.backends import Backend, resolve_device
 from adsrt.errors import BackendError
-from adsrt.export.engine_cache import EngineCache, build_or_load_engine
-from adsrt.export.swap_split import SwapRows, gather_refit_weights, refit_name, swap_rows
-from adsrt.export.tensorrt_engine import (
+from adsrt.runtime.artifacts import exported
+from adsrt.runtime.backends import Backend, resolve_device
+from adsrt.runtime.refit import SwapRows, gather_refit_weights, refit_name, swap_rows
+from adsrt.runtime.tensorrt_engine import (
     EngineConfig,
     current_environment,
     deserialize_engine,
@@ -70,7 +70,6 @@ __all__ = [
     "TENSORRT_MODES",
     "TENSORRT_PRECISIONS",
     "TensorRTBackend",
-    "export_onnx_cached",
     "refit_rows_from_sizes",
     "tensorrt_unavailable_reason",
 ]
@@ -93,31 +92,6 @@ def _torch_dtype(trt_dtype: Any, what: str) -> torch.dtype:
     if name not in _TORCH_DTYPES:
         raise BackendError(f"{what}: TensorRT data type {name} has no torch equivalent here")
     return _TORCH_DTYPES[name]
-
-
-def _adsrt_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("adsrt")
-    except Exception:  # noqa: BLE001 - not installed (source tree): still a valid cache name
-        return "0+unknown"
-
-
-def export_onnx_cached(bundle, mode: str, precision: str, cache: EngineCache, *, digest: str | None = None,
-                       rebuild: bool = False) -> Path:
-    """The ONNX graph TensorRT builds from, for ``bundle`` in ``mode`` (swap, branch, um or classifier) and
-    ``precision``: ``<cache root>/onnx/<digest16>/tensorrt-<mode>-<precision>-adsrt<version>.onnx``, through
-    the shared graph cache (:func:`adsrt.export.graph_cache.cached_graph`) with the default ``split_max``
-    (separate from the ONNX Runtime backend's swap graphs, which split no layer)."""
-    try:
-        from adsrt.export.graph_cache import cached_graph
-        from adsrt.export.swap_split import SPLIT_MAX
-    except ImportError as exc:
-        raise BackendError(f"the TensorRT backend exports ONNX first, and adsrt.export.onnx_export is unavailable "
-                           f"({exc}); install the export extra: pip install 'adsrt[export]'") from exc
-    return cached_graph(bundle, mode, precision, cache.root, SPLIT_MAX, digest=digest, rebuild=rebuild,
-                        filename=f"tensorrt-{mode}-{precision}-adsrt{_adsrt_version()}.onnx")
 
 
 def refit_rows_from_sizes(bundle, sizes: dict[str, int]) -> dict[str, SwapRows]:
@@ -247,7 +221,7 @@ class TensorRTBackend(Backend):
         self.dtype = torch.float32  # graph I/O is fp32 at every precision (fp16 graphs cast inside)
         self.degradations = list(bundle.degradations)
         self.k = len(self.degradations)
-        self.cache = EngineCache(cache_dir)
+        self._cache_dir = cache_dir
         self.rebuild = rebuild
         self._digest = bundle.digest()
         self._config = replace(engine_config or EngineConfig(), mode=mode, precision=precision)
@@ -275,17 +249,14 @@ class TensorRTBackend(Backend):
     def unavailable_reason(cls) -> str | None:
         return tensorrt_unavailable_reason()
 
-    def _engine_from_onnx(self, onnx_path: Path, mode: str, refit_names: list[str]):
-        config = replace(self._config, mode=mode)
-        loaded = build_or_load_engine(self._digest, onnx_path, config, self.cache, rebuild=self.rebuild,
-                                      refit_names=refit_names, environment=current_environment(self.device))
+    def _load(self, bundle, mode: str, refit_names: list[str], onnx_path: Path | None = None):
+        """The engine of ``mode``, built from ``onnx_path`` (a user's graph) or from the bundle's own
+        cached TensorRT graph, through the exporter (:func:`adsrt.runtime.artifacts.exported`)."""
+        loaded = exported("tensorrt", bundle, config=replace(self._config, mode=mode), onnx_path=onnx_path,
+                          cache_dir=self._cache_dir, rebuild=self.rebuild, refit_names=refit_names,
+                          environment=current_environment(self.device), digest=self._digest)
         self.engine_paths[mode] = loaded.path
         return loaded.engine
-
-    def _load(self, bundle, mode: str, refit_names: list[str]):
-        onnx_path = export_onnx_cached(bundle, mode, self.precision, self.cache, digest=self._digest,
-                                       rebuild=self.rebuild)
-        return self._engine_from_onnx(onnx_path, mode, refit_names)
 
     def _restorer_runner(self, bundle, given: str | os.PathLike | None, refit_names: list[str]) -> _EngineRunner:
         if given is None:
@@ -295,7 +266,7 @@ class TensorRTBackend(Backend):
             if not path.is_file():
                 raise BackendError(f"{path}: no such ONNX file or TensorRT engine")
             if path.suffix.lower() == ".onnx":  # the user's export: built (and cached) like our own
-                engine = self._engine_from_onnx(path, self.mode, refit_names)
+                engine = self._load(bundle, self.mode, refit_names, onnx_path=path)
             else:
                 self._check_engine_sidecar(path)
                 try:

@@ -6,7 +6,7 @@
     adsrt classify INPUT [--bundle B] [--json]
     adsrt bench latency [--json OUT]
 
-INPUT and OUTPUT follow the jetson-inference grammar (see :mod:`adsrt.video`). Progress bars show
+INPUT and OUTPUT follow the jetson-inference grammar (see :mod:`adsrt.io.sources` and :mod:`adsrt.io.sinks`). Progress bars show
 frames of files, and frames and FPS of live streams; ``-q`` turns them off.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 
 def _restorer(args: argparse.Namespace, **overrides: Any):
-    from adsrt.restorer import Restorer, RestorerConfig, resolve_bundle
+    from adsrt.runtime.restorer import Restorer, RestorerConfig, resolve_bundle
 
     bundle, label = resolve_bundle(args.bundle)
     options = dict(backend=args.backend, device=args.device, precision=getattr(args, "precision", "fp32"),
@@ -36,7 +36,7 @@ def _restorer(args: argparse.Namespace, **overrides: Any):
 
 
 def _source_options(args: argparse.Namespace):
-    from adsrt.video import SourceOptions
+    from adsrt.io.sources import SourceOptions
 
     return SourceOptions(width=args.input_width, height=args.input_height, rate=args.input_rate,
                          max_frames=args.input_frames, retries=args.input_retries, backoff_s=args.input_backoff)
@@ -47,7 +47,9 @@ def _source_options(args: argparse.Namespace):
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from adsrt.fileio import check_writable_folder, write_json
-    from adsrt.video import SinkOptions, open_sink, open_source, process
+    from adsrt.io.sinks import SinkOptions, open_sink
+    from adsrt.io.sources import open_source
+    from adsrt.runtime.loop import process
 
     if args.stats:
         stats = Path(args.stats)
@@ -116,7 +118,7 @@ def _stats(report, restorer) -> dict[str, Any]:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from adsrt.video import open_source
+    from adsrt.io.sources import open_source
 
     source = open_source(args.input, _source_options(args))
     try:
@@ -151,8 +153,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(args: argparse.Namespace) -> int:
+    from adsrt.bench.latency import LatencyBenchConfig, run_latency_benchmark
     from adsrt.fileio import write_json
-    from adsrt.latency_benchmark import LatencyBenchConfig, run_latency_benchmark
 
     config = LatencyBenchConfig(
         backbone=args.backbone,

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 import adsrt
-from adsrt.cli_runtime import add_runtime_commands
+from adsrt.cli.export import add_export_command
+from adsrt.cli.runtime import add_runtime_commands
+from adsrt.cli.train import add_train_commands
 from adsrt.errors import AdsrtError, ImageReadError, OutputError
-from adsrt.export.cli_export import add_export_command
-from adsrt.train.cli_train import add_train_commands
 
 log = logging.getLogger("adsrt")
 
@@ -98,9 +98,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import json
 
+    from adsrt.arch import model_cost
     from adsrt.bundle import summarize
-    from adsrt.restorer import resolve_bundle
-    from adsrt.train.models import model_cost
+    from adsrt.runtime.restorer import resolve_bundle
 
     bundle, _ = resolve_bundle(args.bundle)
     summary = summarize(bundle)
@@ -128,7 +128,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from adsrt.demo import DemoConfig, run_demo
+    from adsrt.cli.demo import DemoConfig, run_demo
 
     config = DemoConfig(bundle=args.bundle, backend=args.backend, out=args.out, seed=args.seed,
                         progress=not args.quiet)
@@ -142,8 +142,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
+    from adsrt.bench.ads_update import SwapBenchConfig, run_swap_benchmark
     from adsrt.fileio import write_json
-    from adsrt.kernels.swap_benchmark import SwapBenchConfig, run_swap_benchmark
 
     config = SwapBenchConfig(
         backbone=args.backbone,

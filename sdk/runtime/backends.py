@@ -1,7 +1,7 @@
 """Inference backends of the runtime, behind one small interface.
 
 A :class:`Backend` runs the three device-side stages of a frame on tensors that already live on its
-device (the :class:`adsrt.restorer.Restorer` does the conversion from and to images, tiling and the
+device (the :class:`adsrt.runtime.restorer.Restorer` does the conversion from and to images, tiling and the
 temporal smoothing of ``c``):
 
 - ``classify(x) -> logits`` ``[B, k + 1]`` (fp32; the last class is clean/unknown);
@@ -12,14 +12,14 @@ Registered backends (:data:`BACKENDS`):
 
 - ``torch`` (CPU and CUDA; fp32 everywhere, fp16/bf16 on CUDA; optional CUDA-graph capture of
   classify -> update -> restore, see :class:`CudaGraphFrame`);
-- ``onnxruntime`` (:mod:`adsrt.export.onnxruntime_backend`: the exported ONNX graphs on the CPU) and
-  ``tensorrt`` (:mod:`adsrt.export.tensorrt_backend`: engines, refit in swap mode), imported on first use.
+- ``onnxruntime`` (:mod:`adsrt.runtime.onnxruntime_backend`: the exported ONNX graphs on the CPU) and
+  ``tensorrt`` (:mod:`adsrt.runtime.tensorrt_backend`: engines, refit in swap mode), imported on first use.
 
 ``name="auto"`` picks the best available backend and logs which: TensorRT where it runs, torch on CUDA,
 else ONNX Runtime on the CPU (exporting and caching the graphs on first use), else torch.
 
 Modes (:data:`MODES`): ``swap`` (the fused ADS update of :mod:`adsrt.kernels` rewrites the masked
-weights in place), ``branch`` (constant weights, ``c`` as an input: :mod:`adsrt.branch`; one batch may
+weights in place), ``branch`` (constant weights, ``c`` as an input: :mod:`adsrt.runtime.branch`; one batch may
 mix coefficients), and ``um`` (the unified model alone: no classifier, no deltas; the baseline of the
 latency benchmark).
 """
@@ -153,7 +153,7 @@ class TorchBackend(Backend):
             self.layout = build_ads_layout(model, bundle, device=self.device, dtype=self.dtype)
             self.update_backend = resolve_backend(self.device, "auto")
         elif mode == "branch":
-            from adsrt.branch import to_branch
+            from adsrt.runtime.branch import to_branch
 
             self.branch = to_branch(model, bundle)
         self.model = model
@@ -212,9 +212,9 @@ class _ExportedBackend:
 
 BACKENDS: dict[str, type[Backend] | _ExportedBackend] = {
     "torch": TorchBackend,
-    "onnxruntime": _ExportedBackend("onnxruntime", "adsrt.export.onnxruntime_backend", "OnnxRuntimeBackend",
+    "onnxruntime": _ExportedBackend("onnxruntime", "adsrt.runtime.onnxruntime_backend", "OnnxRuntimeBackend",
                                     "onnxruntime_unavailable_reason"),
-    "tensorrt": _ExportedBackend("tensorrt", "adsrt.export.tensorrt_backend", "TensorRTBackend",
+    "tensorrt": _ExportedBackend("tensorrt", "adsrt.runtime.tensorrt_backend", "TensorRTBackend",
                                  "tensorrt_unavailable_reason"),
 }
 # Preference order of "auto" (the first available wins).

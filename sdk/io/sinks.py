@@ -1,0 +1,217 @@
+"""Frame sinks: an image file, a folder of images, or a video file.
+
+Outputs (:func:`open_sink`): an image file (for an image input), a folder (one image per frame, the
+input's file names for folder inputs, ``000000.png`` ... otherwise), or a video file (codec from the
+extension: ``.mp4/.mov/.m4v`` mp4v, ``.avi`` MJPG, ``.mkv`` FFV1 lossless; ``--output-codec`` overrides).
+Without an output, files are written next to the input with a suffix (``clip_restored.mp4``,
+``folder_restored/``); live inputs need an explicit output.
+
+Outputs are written to a temporary name in the target folder and renamed when complete (images per
+file, videos when the stream ends); a failed run removes the temporary file, so no half file ever
+carries the final name. Unwritable outputs fail before the first frame is processed. On Ctrl-C the video
+writer is closed, and the part written so far is kept under the final name only if OpenCV can read a
+frame back from it (a playable file); otherwise it is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from adsrt.errors import OutputError
+from adsrt.fileio import check_writable_folder
+from adsrt.imageio import IMAGE_EXTENSIONS, write_image
+from adsrt.io.sources import (
+    DEFAULT_CODECS,
+    VIDEO_EXTENSIONS,
+    Frame,
+    FrameSource,
+    ImageFileSource,
+    local_path,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_CODECS", "FrameSink", "SinkOptions", "open_sink", "playable"]
+
+DEFAULT_FPS = 30.0
+
+
+@dataclass
+class SinkOptions:
+    """``--output-*`` options."""
+
+    codec: str | None = None  # video FourCC (default from the extension, DEFAULT_CODECS)
+    rate: float | None = None  # video frame rate (default: the input's, else 30)
+    ext: str | None = None  # image format of folder outputs (default: the input file's, else .png)
+    suffix: str = "_restored"  # default output name: next to the input, with this suffix
+
+
+
+class FrameSink(ABC):
+    """Where restored frames go: ``write`` each, then ``close`` (success), ``abort`` (failure: nothing under
+    the final name) or ``interrupt`` (Ctrl-C: keep what is complete and playable)."""
+
+    fixed_size: ClassVar[bool] = False  # every frame must have the first frame's size (videos)
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.written = 0
+
+    @abstractmethod
+    def write(self, frame: Frame, image: np.ndarray) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 - optional hook: per-file sinks finish as they write
+        return None
+
+    def abort(self) -> None:  # noqa: B027 - optional hook: per-file sinks leave only complete files
+        return None
+
+    def interrupt(self) -> bool:
+        """Finish what can be kept after Ctrl-C; True when something is kept under the final name."""
+        self.close()
+        return self.written > 0
+
+
+class ImageFileSink(FrameSink):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise OutputError(f"{path}: unsupported image extension (use one of {', '.join(IMAGE_EXTENSIONS)})")
+        check_writable_folder(path.parent, path)
+
+    def write(self, frame: Frame, image: np.ndarray) -> None:
+        if self.written:
+            raise OutputError(f"{self.path}: one image file holds one frame; use a folder or video output")
+        write_image(self.path, image)  # atomic
+        self.written += 1
+
+
+class ImageFolderSink(FrameSink):
+    def __init__(self, folder: Path, ext: str) -> None:
+        super().__init__(folder)
+        self.ext = ext if ext.startswith(".") else f".{ext}"
+        if self.ext.lower() not in IMAGE_EXTENSIONS:
+            raise OutputError(f"unsupported image format {ext!r} for folder output (use {', '.join(IMAGE_EXTENSIONS)})")
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"{folder}: exists and is not a folder")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror})") from exc
+        check_writable_folder(folder, folder / f"x{self.ext}")
+
+    def write(self, frame: Frame, image: np.ndarray) -> None:
+        stem = Path(frame.name).stem if frame.name else f"{frame.index:06d}"
+        write_image(self.path / f"{stem}{self.ext}", image)  # atomic, per file
+        self.written += 1
+
+
+class VideoSink(FrameSink):
+    """A video file written with OpenCV to a temporary name beside the target, renamed on close."""
+
+    fixed_size = True
+
+    def __init__(self, path: Path, fps: float, codec: str | None = None) -> None:
+        super().__init__(path)
+        suffix = path.suffix.lower()
+        self.codec = codec or DEFAULT_CODECS.get(suffix)
+        if self.codec is None:
+            raise OutputError(f"{path}: no default codec for {suffix!r} videos; pass --output-codec FOURCC or use "
+                              f"{', '.join(DEFAULT_CODECS)}")
+        if len(self.codec) != 4:
+            raise OutputError(f"codec must be a four-character code (e.g. mp4v, MJPG, FFV1), got {self.codec!r}")
+        if not (np.isfinite(fps) and fps > 0):
+            raise OutputError(f"bad output frame rate {fps!r}")
+        self.fps = float(fps)
+        check_writable_folder(path.parent, path)
+        # Same extension at the end: OpenCV picks the container from it.
+        self.tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+        self.size: tuple[int, int] | None = None
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, frame: Frame, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*self.codec), self.fps, (w, h))
+            if not self._writer.isOpened():
+                self._writer.release()
+                self._writer = None
+                self.tmp.unlink(missing_ok=True)
+                raise OutputError(f"{self.path}: OpenCV cannot write {self.codec!r} video into {self.path.suffix!r} "
+                                  "(try another --output-codec or extension)")
+            self.size = (w, h)
+        elif (w, h) != self.size:
+            raise OutputError(f"frame {frame.index}: size {w}x{h} differs from the video's {self.size[0]}x{self.size[1]}")
+        self._writer.write(np.ascontiguousarray(image[:, :, ::-1]))
+        self.written += 1
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+    def close(self) -> None:
+        self._release()
+        if not self.written:
+            self.tmp.unlink(missing_ok=True)
+            return
+        try:
+            os.replace(self.tmp, self.path)
+        except OSError as exc:
+            self.tmp.unlink(missing_ok=True)
+            raise OutputError(f"{self.path}: cannot move the finished video into place ({exc.strerror})") from exc
+
+    def abort(self) -> None:
+        self._release()
+        self.tmp.unlink(missing_ok=True)
+
+    def interrupt(self) -> bool:
+        self._release()
+        if self.written and playable(self.tmp):
+            os.replace(self.tmp, self.path)
+            return True
+        self.tmp.unlink(missing_ok=True)
+        return False
+
+
+def playable(path: Path) -> bool:
+    """Whether OpenCV opens ``path`` and decodes its first frame."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        return bool(cap.isOpened()) and bool(cap.read()[0])
+    finally:
+        cap.release()
+
+
+def open_sink(uri: str | os.PathLike | None, source: FrameSource, options: SinkOptions | None = None) -> FrameSink:
+    """The sink an output URI names for ``source`` (None: next to the input, see the module doc)."""
+    options = options or SinkOptions()
+    text = os.fspath(uri) if uri is not None else str(source.default_output(options.suffix))
+    if "://" in text and not text.startswith("file://"):
+        raise OutputError(f"{redact(text)}: streaming outputs are not supported; write a video file or a folder")
+    path = Path(local_path(text))
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        if isinstance(source, ImageFileSource):
+            raise OutputError(f"{path}: an image input needs an image or folder output")
+        return VideoSink(path, options.rate or source.fps or DEFAULT_FPS, options.codec)
+    if suffix in IMAGE_EXTENSIONS and not path.is_dir():
+        if not isinstance(source, ImageFileSource):
+            raise OutputError(f"{path}: a {source.kind} input needs a folder or video output, not one image file")
+        return ImageFileSink(path)
+    if suffix and not path.is_dir() and not text.endswith(("/", os.sep)):
+        raise OutputError(f"{path}: unknown output type {suffix!r} (an image, a video {' '.join(VIDEO_EXTENSIONS)}, "
+                          "or a folder)")
+    ext = options.ext
+    if ext is None:
+        ext = Path(source.uri).suffix if isinstance(source, ImageFileSource) else ".png"
+    return ImageFolderSink(path, ext)
