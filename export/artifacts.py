@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,9 @@ from adsrt.export.graph_cache import cached_graph
 from adsrt.runtime.onnx_graph import graph_metadata, load_onnx
 from adsrt.runtime.refit import SPLIT_MAX
 from adsrt.runtime.tensorrt_engine import EngineConfig, EngineEnvironment
+from adsrt.version import __version__
 
 __all__ = ["provide", "tensorrt_engine", "tensorrt_graph"]
-
-
-def _adsrt_version() -> str:
-    try:
-        return version("adsrt")
-    except PackageNotFoundError:  # not installed (source tree): still a valid cache name
-        return "0+unknown"
 
 
 def tensorrt_graph(bundle, mode: str, precision: str, cache_dir: str | os.PathLike | None = None, *,
@@ -36,7 +29,7 @@ def tensorrt_graph(bundle, mode: str, precision: str, cache_dir: str | os.PathLi
     the shared graph cache (:func:`adsrt.export.graph_cache.cached_graph`) with the default ``split_max``
     (separate from the ONNX Runtime backend's swap graphs, which split no layer)."""
     return cached_graph(bundle, mode, precision, cache_dir, SPLIT_MAX, digest=digest, rebuild=rebuild,
-                        filename=f"tensorrt-{mode}-{precision}-adsrt{_adsrt_version()}.onnx")
+                        filename=f"tensorrt-{mode}-{precision}-adsrt{__version__}.onnx")
 
 
 def tensorrt_engine(bundle, config: EngineConfig, *, onnx_path: str | os.PathLike | None = None,

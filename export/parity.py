@@ -24,17 +24,12 @@ from torch import Tensor
 
 from adsrt.ads import apply_ads
 from adsrt.errors import AdsrtError
+from adsrt.metrics import batch_psnr
 from adsrt.runtime.onnx_graph import expose_initializers, graph_metadata, load_onnx
 
-__all__ = ["PSNR_THRESHOLDS", "ParityReport", "check_parity", "default_coefficients", "output_psnr"]
+__all__ = ["PSNR_THRESHOLDS", "ParityReport", "check_parity", "default_coefficients"]
 
 PSNR_THRESHOLDS = {"fp32": 50.0, "fp16": 40.0}
-
-
-def output_psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-    """PSNR (dB) between two outputs on a signal of range ``peak``; inf when identical."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
 def default_coefficients(k: int) -> Tensor:
@@ -146,7 +141,7 @@ def check_parity(bundle, onnx_path: str | os.PathLike, images: list[np.ndarray],
                 (y,) = session.run(None, {"x": x.numpy(), **feeds_extra})
             ref = reference(x, cs).numpy()
             max_abs = max(max_abs, float(np.abs(y - ref).max()))
-            per_image.append(output_psnr(y, ref, peak))
+            per_image.append(float(batch_psnr(torch.from_numpy(y), torch.from_numpy(ref), data_range=peak, clamp=False)[0]))
     psnr = min(per_image) if per_image else math.nan
     return ParityReport(mode=str(mode), precision=precision, images=len(images), max_abs=max_abs, psnr=psnr,
                         threshold=PSNR_THRESHOLDS.get(precision, 50.0), per_image=per_image)

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BuilderFlags",
     "build_engine",
-    "builder_flag_names",
     "builder_flags",
     "onnx_conv_initializers",
     "read_onnx_metadata",
@@ -114,11 +113,6 @@ def builder_flags(mode: str, precision: str, api: Any) -> BuilderFlags:
                                "swap mode needs a refittable engine; use mode='branch'")
     clear = ["TF32"] if precision == "fp32" and has_tf32 else []
     return BuilderFlags(tuple(to_set), tuple(clear), mark)
-
-
-def builder_flag_names(mode: str, api: Any, precision: str = "fp32") -> list[str]:
-    """The names of the builder flags :func:`build_engine` sets (see :func:`builder_flags`)."""
-    return list(builder_flags(mode, precision, api).set)
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

@@ -15,14 +15,8 @@ Layers, every import pointing down (``tests/test_layering.py`` enforces it): ``a
 public facade above them all.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 from adsrt.errors import AdsrtError
-
-try:
-    __version__ = version("adsrt")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+from adsrt.version import __version__
 
 __all__ = ["AdsrtError", "Restorer", "RestorerConfig", "__version__", "load"]
 

@@ -142,13 +142,6 @@ def gather_units(weight: torch.Tensor, layout: UnitLayout, units: torch.Tensor) 
     return weight.reshape(-1)[layout.element_offsets(units.to(weight.device))]
 
 
-def unit_mask(layout: UnitLayout, units: torch.Tensor) -> torch.Tensor:
-    """Dense boolean mask over the layer's units, True where a unit is selected."""
-    mask = torch.zeros(layout.n_units, dtype=torch.bool)
-    mask[units.to(torch.int64).cpu()] = True
-    return mask
-
-
 def extract_delta(
     layout: UnitLayout, um_weight: torch.Tensor, target_weight: torch.Tensor, units: torch.Tensor
 ) -> LayerDelta:

@@ -41,6 +41,7 @@ from adsrt.errors import MetricError
 __all__ = [
     "PROTOCOLS",
     "MetricError",
+    "batch_psnr",
     "center_crop_multiple",
     "peers_psnr_ssim",
     "psnr",
@@ -205,6 +206,25 @@ def psnr(
     if mse == 0.0:
         return math.inf
     return float(10.0 * np.log10(r**2 / mse))
+
+
+def batch_psnr(output, target, *, data_range: float = 1.0, clamp: bool = True):
+    """PSNR in dB of each item of two torch tensors ``[B, ...]`` (float32 math, on their device, no sync).
+
+    The tensor twin of :func:`psnr` for training and parity checks, where images are batches on a device:
+    ``10 log10(data_range^2 / MSE)`` per item, the MSE over all its other dimensions. ``clamp`` clips
+    ``output`` to ``[0, data_range]`` first, as saving it as an image would. Identical items give 100 dB
+    (the MSE is floored at ``1e-10 data_range^2``), so a mean over a batch stays finite.
+    """
+    r = _check_data_range(data_range)
+    if output.shape != target.shape or output.dim() < 1:
+        raise MetricError(f"batch_psnr needs two [B, ...] tensors of one shape, got {tuple(output.shape)} "
+                          f"and {tuple(target.shape)}")
+    out = output.float()
+    if clamp:
+        out = out.clamp(0.0, r)
+    mse = (out - target.float()).pow(2).flatten(1).mean(dim=1) if out.dim() > 1 else (out - target.float()).pow(2)
+    return 10.0 * (r * r / mse.clamp_min(1e-10 * r * r)).log10()
 
 
 def _gaussian_filter(x: np.ndarray) -> np.ndarray:

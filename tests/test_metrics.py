@@ -313,3 +313,24 @@ def _img(shape: tuple[int, ...] = (32, 32, 3), dtype: type = np.float64) -> np.n
 def test_invalid_inputs_raise_value_error(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("data_range, clamp", [(1.0, True), (1.0, False), (2.0, False)])
+def test_batch_psnr_matches_scikit_image_per_item(data_range, clamp):
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from adsrt.errors import MetricError
+    from adsrt.metrics import batch_psnr
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 3, 17, 23, generator=g) * data_range
+    output = target + 0.05 * data_range * torch.randn(3, 3, 17, 23, generator=g)
+    got = batch_psnr(output, target, data_range=data_range, clamp=clamp)
+    for i in range(3):
+        out = output[i].clamp(0, data_range) if clamp else output[i]
+        want = peak_signal_noise_ratio(target[i].double().numpy(), out.double().numpy(), data_range=data_range)
+        assert float(got[i]) == pytest.approx(want, abs=1e-3)
+    assert float(batch_psnr(target, target, data_range=data_range)[0]) == pytest.approx(100.0)
+    with pytest.raises(MetricError, match="one shape"):
+        batch_psnr(output, target[:2])

@@ -6,9 +6,11 @@ and blending the other degradations' deltas in at those weights cost more than t
 ADS fell below the UM on haze although the true c gains +1.4 dB. A temperature T < 1 sharpens c.
 
 :func:`calibrate_temperature` degrades a few training photos with every degradation of the bundle at
-levels drawn from its training range, computes each photo's ADS output (reference
-:func:`adsrt.ads.apply_ads`) for each candidate T, and keeps the T with the best mean PSNR over
-degradations (ties within 0.01 dB: the larger T). :func:`run_calibrate` writes it into the bundle
+levels drawn from its training range, restores each with the runtime's
+:class:`adsrt.runtime.restorer.Restorer` (torch backend) at each candidate T, and keeps the T with the
+best mean PSNR over degradations (ties within 0.01 dB: the larger T). The Restorer is the frame path a
+user runs (input contract, classifier windows, fused update, 8-bit output), so T is chosen for what
+``adsrt restore`` produces. :func:`run_calibrate` writes it into the bundle
 (``ClassifierConfig.temperature``) with the table in ``metrics["temperature_calibration"]``.
 ``adsrt train calibrate`` runs it; ``adsrt train all`` runs it as its last stage.
 """
@@ -23,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adsrt.ads import apply_ads
 from adsrt.errors import AdsrtError
+from adsrt.metrics import psnr
+from adsrt.runtime.restorer import Restorer, RestorerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +48,11 @@ class CalibrateConfig:
     progress: bool = True
 
 
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(torch.mean((a.clamp(0, 1) - b) ** 2))
-    return 100.0 if mse == 0 else 10.0 * float(np.log10(1.0 / mse))
-
-
 def calibrate_temperature(bundle, photos: list[np.ndarray], candidates=CANDIDATES, seed: int = 0,
                           progress: bool = False) -> tuple[float, dict[str, dict[str, float]]]:
     """The best temperature and the table ``{str(T): {degradation: mean PSNR, "mean": ...}}`` (see module doc)."""
     from tqdm import tqdm
 
-    from adsrt.train.data import to_tensor
     from adsrt.train.degradations import degrade, keyed_rng, parse_specs, sample_level
 
     if bundle.classifier is None:
@@ -64,20 +61,20 @@ def calibrate_temperature(bundle, photos: list[np.ndarray], candidates=CANDIDATE
         raise AdsrtError("calibration needs at least one photo")
     if not candidates or any(not t > 0 for t in candidates):
         raise AdsrtError(f"temperature candidates must be > 0, got {candidates}")
-    classifier, model = bundle.build_classifier(), bundle.build_um()
-    k = len(bundle.degradations)
+    # One restorer per candidate, each with its temperature: the classifier runs once per T and image,
+    # which costs little next to the restorer and keeps every candidate on the runtime's own path.
+    restorers = {t: Restorer(bundle, RestorerConfig(backend="torch", device="cpu", temperature=t, memory_limit_mb=0),
+                             source="calibrate") for t in candidates}
     scores = {t: {d: [] for d in bundle.degradations} for t in candidates}
     work = [(d, i) for d in bundle.degradations for i in range(len(photos))]
     with torch.inference_mode():
         for d, i in tqdm(work, desc="calibrate T", unit="img", disable=not progress):
             rng = keyed_rng(seed, "calibrate", d, str(i))
             spec = f"{d}:{sample_level(d, rng):.4g}"
-            clean = to_tensor(photos[i])[None]
-            x = to_tensor(degrade(photos[i], parse_specs(spec), rng))[None]
-            logits = classifier(x).float()
-            for t in candidates:
-                c = torch.softmax(logits / t, dim=1)[0, :k]
-                scores[t][d].append(_psnr(apply_ads(model, bundle, c)(x), clean))
+            degraded = degrade(photos[i], parse_specs(spec), rng)
+            for t, restorer in restorers.items():
+                restored = restorer.restore(degraded)
+                scores[t][d].append(min(psnr(restored, photos[i], data_range=255), 100.0))
     table = {}
     for t in candidates:
         row = {d: float(np.mean(v)) for d, v in scores[t].items()}

@@ -35,12 +35,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped)."""
-    array = tensor.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).cpu().numpy()
-    return np.ascontiguousarray(array.transpose(1, 2, 0))
-
-
 def load_folder(folder: str | os.PathLike) -> tuple[list[Path], list[np.ndarray]]:
     """Decode every image of ``folder``; DataError for a missing/empty folder or an unreadable file."""
     folder = Path(folder)

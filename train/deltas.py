@@ -28,12 +28,12 @@ from adsrt.ads import GRANULARITIES, LayerDelta, UnitLayout, extract_delta, unit
 from adsrt.arch import NAFNet, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
+from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
 from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
 from adsrt.train.degradations import DegradationSpec
 from adsrt.train.select import load_selection
 from adsrt.train.trainer import (
-    batch_psnr,
     class_specs,
     cosine_lr,
     fixed_batches,
@@ -70,7 +70,7 @@ def masked_weights(um: Mapping[str, torch.Tensor], layouts: Mapping[str, UnitLay
 
 
 @torch.no_grad()
-def _psnr(model: NAFNet, weights: Mapping[str, torch.Tensor] | None, batches: Sequence[dict[str, torch.Tensor]],
+def _mean_psnr(model: NAFNet, weights: Mapping[str, torch.Tensor] | None, batches: Sequence[dict[str, torch.Tensor]],
           device: torch.device) -> float:
     vals = []
     for b in batches:
@@ -152,11 +152,11 @@ def _measure_and_refine(
     values = {n: d.values.to(device) for n, d in deltas.items()}
 
     model.load_state_dict(t_state)
-    im = _psnr(model, None, val, device)
+    im = _mean_psnr(model, None, val, device)
     model.load_state_dict(um_state)
     metrics = {"input": float(torch.cat([batch_psnr(b["input"], b["target"]) for b in val]).mean()),
-               "um": _psnr(model, None, val, device), "im": im,
-               "ads": _psnr(model, masked_weights(um, layouts, offsets, values), val, device)}
+               "um": _mean_psnr(model, None, val, device), "im": im,
+               "ads": _mean_psnr(model, masked_weights(um, layouts, offsets, values), val, device)}
     if not cfg.refine_steps:
         return metrics, deltas
 
@@ -179,7 +179,7 @@ def _measure_and_refine(
             if step >= cfg.refine_steps:
                 break
         epoch += 1
-    refined = _psnr(model, masked_weights(um, layouts, offsets, params), val, device)
+    refined = _mean_psnr(model, masked_weights(um, layouts, offsets, params), val, device)
     metrics["ads_unrefined"] = metrics["ads"]
     if refined > metrics["ads"]:
         metrics["ads"] = refined

@@ -5,9 +5,15 @@ For every degraded image it scores (PSNR/SSIM against the clean reference):
 - ``input``: the degraded image itself;
 - ``um``: the unified model alone (c = 0);
 - ``ads``: the UM with the deltas blended by the classifier's probabilities (c = p[:k], the clean
-  class dropped), applied through the fused update of :mod:`adsrt.kernels` exactly as the runtime does;
+  class dropped);
 - ``ads_oracle``: the same with the true one-hot c (the ceiling of a perfect classifier);
 - ``im``: the individual model fine-tuned on that degradation (``--targets WORKDIR``), the upper bound.
+
+Every method runs through the runtime's :class:`adsrt.runtime.restorer.Restorer` on the torch backend:
+the same decode (the bundle's input contract), classifier, temperature, fused update, tiling and encode
+as ``adsrt restore``, so what is measured here is what a user gets. ``ads_oracle`` is the same restorer
+with ``force=`` the true degradation; ``um`` and ``im`` are restorers in ``um`` mode (an individual model
+is the bundle with its UM weights replaced by the target's).
 
 plus the classifier's accuracy (argmax == true class) and its mean probabilities. A score that cannot
 exist (no classifier, a degradation the bundle has no delta for, no target) is ``None``, never a guess.
@@ -19,6 +25,7 @@ pairs matched by file name. Images are restored whole, one at a time (the eval s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -33,11 +40,10 @@ from adsrt.arch import NAFNet, build_backbone
 from adsrt.bundle import Bundle
 from adsrt.errors import AdsrtError, DataError
 from adsrt.imageio import list_images, read_image
-from adsrt.kernels.ads_layout import build_ads_layout
-from adsrt.kernels.ads_update import ads_update
 from adsrt.metrics import PROTOCOLS, score_pair
+from adsrt.runtime.restorer import Restorer, RestorerConfig
 from adsrt.train.checkpoint import check_same_architecture, load_backbone_weights
-from adsrt.train.data import find_pairs, to_image, to_tensor
+from adsrt.train.data import find_pairs
 from adsrt.train.degradations import degrade, keyed_rng, parse_specs
 
 log = logging.getLogger(__name__)
@@ -177,21 +183,22 @@ def evaluate_cases(
         raise AdsrtError(f"unknown methods {sorted(unknown)}; known: {METHODS}")
     if not cases:
         raise DataError("nothing to evaluate")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     targets = targets or {}
     k = len(bundle.degradations)
-    um = bundle.build_um().to(device)
-    ads_model = bundle.build_um()
-    layout = build_ads_layout(ads_model, bundle, device=device)  # moves ads_model to device
-    classifier = bundle.build_classifier().to(device) if bundle.classifier is not None else None
-    temperature = bundle.classifier.temperature if bundle.classifier is not None else 1.0  # as the runtime does
-    targets = {name: model.to(device) for name, model in targets.items()}
 
-    def run(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-        out = model(to_tensor(image)[None].to(device))
-        if not torch.isfinite(out).all():
-            raise AdsrtError("the model produced non-finite values (corrupt bundle?)")
-        return to_image(out[0].cpu())
+    def restorer(b: Bundle, mode: str, force: str | None = None) -> Restorer:
+        # Images are restored whole (no tiling: eval photos are small, and tiles would blur the comparison).
+        return Restorer(b, RestorerConfig(backend="torch", device=device, mode=mode, force=force, memory_limit_mb=0),
+                        source="eval")
+
+    um = restorer(bundle, "um") if "um" in methods else None
+    has_dc = bundle.classifier is not None
+    # One swap-mode restorer: c from the classifier, or forced per image for the oracle.
+    ads = restorer(bundle, "swap", None if has_dc else "clean") if has_dc or "ads_oracle" in methods else None
+    ims = {name: restorer(dataclasses.replace(bundle, um_state=model.state_dict(), classifier=None,
+                                              classifier_state=None), "um")
+           for name, model in targets.items()} if "im" in methods else {}
 
     from tqdm import tqdm
 
@@ -203,22 +210,23 @@ def evaluate_cases(
             outputs: dict[str, np.ndarray | None] = dict.fromkeys(METHODS)
             if "input" in methods:
                 outputs["input"] = case.degraded
-            if "um" in methods:
-                outputs["um"] = run(um, case.degraded)
-            if classifier is not None:
-                probs = torch.softmax(classifier(to_tensor(case.degraded)[None].to(device)).float() / temperature, 1)[0].cpu()
-                s.probabilities.append(probs.numpy())
+            if um is not None:
+                outputs["um"] = um.restore(case.degraded)
+            if has_dc:
+                if "ads" in methods:
+                    outputs["ads"] = ads.restore(case.degraded)
+                    p = ads.last.probabilities
+                else:
+                    p = ads.classify(case.degraded)
+                probs = np.array([p[name] for name in [*bundle.degradations, "clean"]], dtype=np.float64)
+                s.probabilities.append(probs)
                 if case.label is not None:
                     # Truth for a degradation the bundle does not know is the clean/unknown class.
                     s.dc_hits.append(int(probs.argmax()) == (k if label_index is None else label_index))
-                if "ads" in methods:
-                    ads_update(layout, probs[:k].to(device))
-                    outputs["ads"] = run(ads_model, case.degraded)
             if "ads_oracle" in methods and label_index is not None:
-                ads_update(layout, torch.nn.functional.one_hot(torch.tensor(label_index), k).float().to(device))
-                outputs["ads_oracle"] = run(ads_model, case.degraded)
-            if "im" in methods and case.label in targets:
-                outputs["im"] = run(targets[case.label], case.degraded)
+                outputs["ads_oracle"] = ads.restore(case.degraded, force=case.label)
+            if case.label in ims:
+                outputs["im"] = ims[case.label].restore(case.degraded)
             for method, image in outputs.items():
                 if image is not None:
                     psnr, ssim = score_pair(image, case.clean, protocol=protocol)

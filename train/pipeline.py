@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-import adsrt
 from adsrt.bundle import Bundle, InputContract, save_bundle, summarize
 from adsrt.errors import AdsrtError
 from adsrt.fileio import write_json
@@ -36,6 +35,7 @@ from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
 from adsrt.train.trainer import class_specs
 from adsrt.train.um import TargetConfig, UMConfig, train_target, train_um
+from adsrt.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _write_bundle(cfg: PipelineConfig, specs: list, work: Path, tag: str, um_pat
         deltas=deltas, classifier=dc_config, classifier_state=dc_state,
         input=InputContract(pad_multiple=max(16, config.pad_multiple)),
         provenance={
-            "adsrt": adsrt.__version__, "torch": torch.__version__, "preset": cfg.preset,
+            "adsrt": __version__, "torch": torch.__version__, "preset": cfg.preset,
             "preset_values": dataclasses.asdict(PRESETS[cfg.preset]), "data": str(Path(cfg.data).resolve()),
             "degradations": [str(s) for s in specs], "selector": cfg.selector, "budget": cfg.budget, "seed": cfg.seed,
             "work": str(work.resolve()), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Sampler
 from adsrt.arch import BACKBONES, NAFNet, NAFNetConfig, build_backbone
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes, write_json
+from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint, save_weights
 from adsrt.train.data import DegradedImageDataset
@@ -50,7 +51,7 @@ VAL_SEED_OFFSET = 7919
 
 
 @dataclass(kw_only=True)
-class RestorerConfig:
+class TrainerConfig:
     """Hyperparameters of one restorer training run (batch size is per process)."""
 
     data: str  # folder of clean training photos
@@ -166,7 +167,7 @@ class ShardSampler(Sampler[int]):
         return max(0, self.n // self.world_size - self.skip)
 
 
-class EMA:
+class WeightEMA:
     """Exponential moving average of a model's floating-point state (params and buffers)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -190,12 +191,6 @@ def restoration_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "l1
         return F.l1_loss(output, target)
     mse = (output.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
     return 10.0 * torch.log10(mse + 1e-8).mean()
-
-
-def batch_psnr(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR per image in dB, RGB in [0, 1] (output clamped, as when saved as an image)."""
-    mse = (output.float().clamp(0, 1) - target.float()).pow(2).mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))
 
 
 @torch.no_grad()
@@ -237,7 +232,7 @@ def cosine_lr(step: int, total: int, lr: float, *, warmup: int = 0, min_lr: floa
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def _initial_model(cfg: RestorerConfig) -> tuple[NAFNet, NAFNetConfig]:
+def _initial_model(cfg: TrainerConfig) -> tuple[NAFNet, NAFNetConfig]:
     if cfg.init is None:
         config = BACKBONES[cfg.backbone]
         return build_backbone(config), config
@@ -265,7 +260,7 @@ def _trim_csv(path: Path, last_step: int) -> None:
 StepCallback = Callable[[int, float], None]
 
 
-def train_restorer(cfg: RestorerConfig, *, kind: str = "um", callback: StepCallback | None = None) -> dict[str, Any]:
+def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback | None = None) -> dict[str, Any]:
     """Train (or resume) one restorer; returns the final validation metrics. See the module doc."""
     cfg.check()
     specs = class_specs(cfg.degradations)
@@ -281,7 +276,7 @@ def train_restorer(cfg: RestorerConfig, *, kind: str = "um", callback: StepCallb
         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
     model, config = _initial_model(cfg)
     model.to(env.device).train()
-    ema = EMA(model, cfg.ema_decay)
+    ema = WeightEMA(model, cfg.ema_decay)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and env.device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16

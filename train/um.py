@@ -4,7 +4,7 @@
 - :func:`train_target`: a copy of the UM fine-tuned on one degradation alone: the "independent mode"
   upper bound, and the end point of the FAIG-SD path.
 
-Both are :func:`adsrt.train.trainer.train_restorer` with a different data spec and starting point.
+Both are :func:`adsrt.train.trainer.run_training` with a different data spec and starting point.
 """
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from adsrt.train.trainer import RestorerConfig, StepCallback, class_specs, train_restorer
+from adsrt.train.trainer import StepCallback, TrainerConfig, class_specs, run_training
 
 
 @dataclass(kw_only=True)
-class UMConfig(RestorerConfig):
-    """The UM stage: from scratch, on the mix (defaults of :class:`RestorerConfig`)."""
+class UMConfig(TrainerConfig):
+    """The UM stage: from scratch, on the mix (defaults of :class:`TrainerConfig`)."""
 
 
 @dataclass(kw_only=True)
-class TargetConfig(RestorerConfig):
+class TargetConfig(TrainerConfig):
     """A target stage: fine-tune the UM (``um``: its model.safetensors) on ``degradation`` alone."""
 
     um: str
@@ -34,10 +34,10 @@ class TargetConfig(RestorerConfig):
 
 
 def train_um(cfg: UMConfig, *, callback: StepCallback | None = None) -> dict[str, Any]:
-    return train_restorer(cfg, kind="um", callback=callback)
+    return run_training(cfg, kind="um", callback=callback)
 
 
 def train_target(cfg: TargetConfig, *, callback: StepCallback | None = None) -> dict[str, Any]:
     spec = class_specs([cfg.degradation])[0]  # validates the name before anything loads
     run = dataclasses.replace(cfg, degradations=(str(spec),), init=cfg.um)
-    return train_restorer(run, kind="target", callback=callback)
+    return run_training(run, kind="target", callback=callback)

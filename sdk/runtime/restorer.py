@@ -61,7 +61,6 @@ __all__ = ["FrameInfo", "Restorer", "RestorerConfig", "Timings", "bundled_models
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"  # sdk/models, shipped as package data of adsrt
 CLEAN = "clean"
-STAGES = ("decode", "classify", "update", "restore", "encode")
 THUMB_SIZE = 32
 
 
@@ -199,8 +198,7 @@ class Restorer:
         self.k = len(self.degradations)
         self._forced: Tensor | None = None
         if config.force is not None:
-            if config.force not in (*self.degradations, CLEAN):
-                raise AdsrtError(f"cannot force {config.force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
+            self._check_force(config.force)
         elif config.mode != "um" and bundle.classifier is None:
             raise AdsrtError("this bundle has no degradation classifier: force a degradation (force=/--force)")
         self.temperature = config.temperature
@@ -210,14 +208,12 @@ class Restorer:
                                                precision=config.precision, mode=config.mode,
                                                graph=config.graph, cache_dir=config.cache_dir)
         self.device = self.backend.device
-        if config.force is not None or config.mode == "um":
-            forced = torch.zeros(1, self.k, dtype=torch.float32)
-            if config.mode == "um":
-                if config.force is not None:
-                    log.warning("force=%s has no effect in um mode (the UM alone, c = 0)", config.force)
-            elif config.force in self.degradations:
-                forced[0, self.degradations.index(config.force)] = 1.0
-            self._forced = forced.to(self.device)
+        if config.mode == "um":
+            if config.force is not None:
+                log.warning("force=%s has no effect in um mode (the UM alone, c = 0)", config.force)
+            self._forced = self._one_hot(CLEAN)
+        elif config.force is not None:
+            self._forced = self._one_hot(config.force)
         lo, hi = bundle.input.value_range
         self._lo, self._scale = float(lo), float(hi - lo)
         self._flip = config.channel_order != bundle.input.channel_order
@@ -250,9 +246,15 @@ class Restorer:
 
     # ------------------------------------------------------------------------------------------ API
 
-    def restore(self, image: np.ndarray) -> np.ndarray:
-        """Restore one image (no temporal state). HxWx3 uint8 in :attr:`config` channel order."""
-        return self._run(image, temporal=False)
+    def restore(self, image: np.ndarray, *, force: str | None = None) -> np.ndarray:
+        """Restore one image (no temporal state). HxWx3 uint8 in :attr:`config` channel order.
+
+        ``force`` (a degradation name, or ``"clean"`` for c = 0) overrides :attr:`RestorerConfig.force`
+        for this call only: the classifier is skipped and ``c`` is that one-hot (evaluation's oracle c)."""
+        if force is None or self.config.mode == "um":
+            return self._run(image, temporal=False)
+        self._check_force(force)
+        return self._run(image, temporal=False, forced=self._one_hot(force))
 
     def step(self, frame: np.ndarray) -> np.ndarray:
         """Restore the next frame of a stream: c is smoothed over frames and restarted at scene cuts."""
@@ -287,6 +289,17 @@ class Restorer:
         return dict(zip([*self.degradations, CLEAN], probs.tolist(), strict=True))
 
     # ------------------------------------------------------------------------------------ internals
+
+    def _check_force(self, force: str) -> None:
+        if force not in (*self.degradations, CLEAN):
+            raise AdsrtError(f"cannot force {force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
+
+    def _one_hot(self, force: str) -> Tensor:
+        """``c`` ``[1, k]`` on the device: one-hot for a degradation, zeros for ``"clean"``."""
+        c = torch.zeros(1, self.k, dtype=torch.float32)
+        if force in self.degradations:
+            c[0, self.degradations.index(force)] = 1.0
+        return c.to(self.device)
 
     def _clock(self) -> float:
         if self.device.type == "cuda" and self.config.sync_timings:
@@ -343,8 +356,9 @@ class Restorer:
                 state=self._state if temporal else None, forced_c=self._forced)
         return self._graphs[key]
 
-    def _run(self, image: np.ndarray, *, temporal: bool) -> np.ndarray:
+    def _run(self, image: np.ndarray, *, temporal: bool, forced: Tensor | None = None) -> np.ndarray:
         cfg = self.config
+        forced = self._forced if forced is None else forced
         t0 = self._clock()
         x = self._decode(image)
         scene = temporal and self._scene_cut(image)
@@ -358,13 +372,13 @@ class Restorer:
         timings.decode = (t1 - t0) * 1e3
         probs = None
         with torch.no_grad():
-            if cfg.cuda_graph and self.device.type == "cuda" and tile is None:
+            if cfg.cuda_graph and self.device.type == "cuda" and tile is None and forced is self._forced:
                 y, c, probs = self._graph(tuple(x.shape), temporal).run(x)
                 t3 = self._clock()
                 timings.restore = (t3 - t1) * 1e3  # one replay: classify, update and restore together
             else:
-                if self._forced is not None:
-                    c = self._forced
+                if forced is not None:
+                    c = forced
                 else:
                     probs = torch.softmax(self.backend.classify(x) / self.temperature, dim=1)
                     c = smooth_coefficients(probs, self._state if temporal else None, cfg.ema)

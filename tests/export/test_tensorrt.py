@@ -37,7 +37,6 @@ from adsrt.export.engine_cache import (
 )
 from adsrt.export.tensorrt_build import (
     build_engine,
-    builder_flag_names,
     builder_flags,
     onnx_conv_initializers,
 )
@@ -169,13 +168,13 @@ def _namespace(*, individual: bool = True, mark: bool = True, refit: bool = True
                                                    ("10.2", ["REFIT_INDIVIDUAL"]), ("10.1.0", ["REFIT"]),
                                                    ((10, 0), ["REFIT"])])
 def test_swap_flags_from_version(version, expected):
-    assert builder_flag_names("swap", version) == expected
+    assert list(builder_flags("swap", "fp32", version).set) == expected
 
 
 @pytest.mark.parametrize("mode", ["branch", "um", "classifier"])
 @pytest.mark.parametrize("api", ["10.3.0", "11.0", "10.0"])
 def test_constant_engines_set_no_flag(mode, api):
-    assert builder_flag_names(mode, api) == []
+    assert list(builder_flags(mode, "fp32", api).set) == []
     assert builder_flags(mode, "fp32", _namespace()) == builder_flags(mode, "fp32", _namespace(individual=False))
 
 
@@ -183,9 +182,9 @@ def test_swap_flags_from_namespace():
     plan = builder_flags("swap", "fp32", _namespace())
     assert plan.set == ("REFIT_INDIVIDUAL",) and plan.mark_refittable and plan.clear == ("TF32",)
     # a TensorRT with the flag but without INetworkDefinition.mark_weights_refittable cannot mark names
-    assert builder_flag_names("swap", _namespace(mark=False)) == ["REFIT"]
+    assert list(builder_flags("swap", "fp32", _namespace(mark=False)).set) == ["REFIT"]
     assert not builder_flags("swap", "fp32", _namespace(individual=False)).mark_refittable
-    assert builder_flag_names("swap", _namespace(individual=False)) == ["REFIT"]
+    assert list(builder_flags("swap", "fp32", _namespace(individual=False)).set) == ["REFIT"]
     with pytest.raises(BackendError, match="refittable engine"):
         builder_flags("swap", "fp32", _namespace(individual=False, refit=False))
 

@@ -17,9 +17,14 @@ from adsrt.bundle import load_bundle, save_bundle
 from adsrt.errors import AdsrtError, BackendError, BundleError, InputError, RestoreError
 from adsrt.runtime.backends import BACKENDS, CudaGraphFrame, available_backends, create_backend
 from adsrt.runtime.restorer import Restorer, RestorerConfig, Timings
-from adsrt.train.data import to_image, to_tensor
+from adsrt.train.data import to_tensor
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def psnr(img: np.ndarray, ref: np.ndarray) -> float:

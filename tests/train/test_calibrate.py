@@ -42,6 +42,32 @@ def test_calibration_picks_the_best_mean_and_is_stored(make_bundle, photo, tmp_p
     assert main(["-q", "train", "calibrate", "default", "--data", str(tmp_path / "photos")]) == 1
 
 
+def test_calibration_scores_equal_an_independent_recomputation(make_bundle, photo):
+    """Each cell of the table is the mean PSNR of the reference ADS (apply_ads with c = softmax(logits / T)),
+    quantised to 8 bits and scored by scikit-image, on the same degraded photos."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from adsrt.ads import apply_ads
+    from adsrt.train.degradations import degrade, keyed_rng, parse_specs, sample_level
+
+    bundle = make_bundle()
+    photos = [photo[:64, :64], photo[64:128, 100:164]]
+    _, table = calibrate_temperature(bundle, photos, candidates=(0.5,), seed=3)
+    classifier, model, k = bundle.build_classifier(), bundle.build_um(), len(bundle.degradations)
+    for d in bundle.degradations:
+        values = []
+        for i, clean in enumerate(photos):
+            rng = keyed_rng(3, "calibrate", d, str(i))
+            degraded = degrade(clean, parse_specs(f"{d}:{sample_level(d, rng):.4g}"), rng)
+            x = torch.from_numpy(degraded).permute(2, 0, 1).float()[None] / 255
+            with torch.no_grad():
+                c = torch.softmax(classifier(x) / 0.5, dim=1)[0, :k]
+                y = apply_ads(model, bundle, c)(x)
+            out = (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            values.append(peak_signal_noise_ratio(clean, out, data_range=255))
+        assert table["0.5"][d] == pytest.approx(np.mean(values), abs=0.02)
+
+
 def test_the_runtime_applies_the_bundle_temperature(make_bundle, photo):
     bundle = make_bundle()
     soft = adsrt.load(bundle, backend="torch", device="cpu")

@@ -8,8 +8,13 @@ import torch
 
 from adsrt.errors import DataError
 from adsrt.imageio import write_image
-from adsrt.train.data import DegradedImageDataset, PairedImageDataset, find_pairs, to_image, to_tensor
+from adsrt.train.data import DegradedImageDataset, PairedImageDataset, find_pairs, to_tensor
 from adsrt.train.degradations import degrade
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 @pytest.fixture

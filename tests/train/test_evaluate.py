@@ -14,9 +14,14 @@ from skimage.metrics import peak_signal_noise_ratio
 from adsrt.ads import apply_ads
 from adsrt.bundle import load_bundle, save_bundle
 from adsrt.cli import main
-from adsrt.train.data import to_image, to_tensor
+from adsrt.train.data import to_tensor
 from adsrt.train.degradations import degrade, keyed_rng
 from adsrt.train.evaluate import EvalConfig, evaluate, evaluate_cases, synthetic_cases
+
+
+def to_image(tensor: torch.Tensor) -> np.ndarray:
+    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
+    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +82,10 @@ def test_eval_clean_folder_matches_independent_scores(trained, photos, tmp_path,
         expected["input"].append(_psnr(noisy, clean))
         for name, image in restored.items():
             expected[name].append(_psnr(image, clean))
+    # eval runs the runtime's frame path (x * (1/255) on decode, the fused update's weights), the reference
+    # plain torch: float rounding may flip a few 8-bit pixels, ~1e-4 dB each; a wrong c or model is > 0.1 dB.
     for method, values in expected.items():
-        assert report["results"]["noise:25"]["psnr"][method] == pytest.approx(np.mean(values), abs=1e-6), method
+        assert report["results"]["noise:25"]["psnr"][method] == pytest.approx(np.mean(values), abs=2e-3), method
     text = capsys.readouterr().out
     assert "PSNR" in text and "SSIM" in text and "ads_oracle" in text and "mean" in text
 
