@@ -1,5 +1,6 @@
-# adsrt: `make demo` runs the demo on the bundled default model, `make test` runs the test suite.
-# Both create .venv on first use and install adsrt with the tested versions (constraints.txt).
+# adsrt: `make demo` runs the demo on the bundled default model, `make test` runs the test suite (what CI
+# runs), `make check` is the fast edit loop (lint + the tests not marked slow, under 3 minutes on 2 cores).
+# All create .venv on first use and install adsrt with the tested versions (constraints.txt).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ EXTRAS ?= dev,export,gpu
 TRITON_INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint wheel clean-venv
+.PHONY: demo test check lint wheel clean-venv
 
 $(BIN)/.adsrt-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ $(BIN)/.adsrt-installed: pyproject.toml constraints.txt
 
 test: $(BIN)/.adsrt-installed
 	TRITON_INTERPRET=$(TRITON_INTERPRET) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint
+	TRITON_INTERPRET=$(TRITON_INTERPRET) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: $(BIN)/.adsrt-installed
 	$(BIN)/adsrt demo

@@ -11,56 +11,41 @@ ADS overhead (classify + update) <= 10% of a 480p frame on CPU and <= 5% of a 72
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
-from adsrt.arch import BACKBONES
-from adsrt.bench.latency import SIZES, LatencyBenchConfig, run_latency_benchmark, upsert_csv
+from adsrt.bench.latency import CSV_COLUMNS, CSV_KEY, SIZES, LatencyBenchConfig, run_latency_benchmark
+from adsrt.bench.timing import comma_list, run_script, script_config, script_parser
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latency.csv"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__.splitlines()[0], RESULTS)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
-    parser.add_argument("--backbone", choices=sorted(BACKBONES), default="nafnet-edge")
-    parser.add_argument("--granularity", choices=("kernel", "filter"), default="kernel")
     parser.add_argument("--backends", help="comma-separated (default: every available backend)")
     parser.add_argument("--modes", default="um,swap,branch")
     parser.add_argument("--sizes", default=",".join(SIZES))
     parser.add_argument("--iters", type=int, default=10, help="timed frames per row (default 10)")
     parser.add_argument("--min-iters", type=int, default=3, help="at least this many, whatever --max-seconds says")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="per row: stop timing after this long")
-    parser.add_argument("--threads", type=int, help="CPU: torch threads (default: torch's setting)")
-    parser.add_argument("--csv", type=Path, default=RESULTS, help=f"results file (default {RESULTS})")
-    parser.add_argument("--no-csv", action="store_true", help="print only")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-    def split(text: str) -> tuple[str, ...]:
-        return tuple(t.strip() for t in text.split(",") if t.strip())
-
-    result = run_latency_benchmark(
-        LatencyBenchConfig(
-            backbone=args.backbone,
-            granularity=args.granularity,
-            device=args.device,
-            precision=args.precision,
-            backends=None if args.backends is None else split(args.backends),
-            modes=split(args.modes),
-            sizes=split(args.sizes),
-            iters=args.iters,
-            min_iters=args.min_iters,
-            max_seconds=args.max_seconds,
-            threads=args.threads,
-        )
+    run_script(
+        parser,
+        lambda args: run_latency_benchmark(
+            LatencyBenchConfig(
+                **script_config(args),
+                precision=args.precision,
+                backends=None if args.backends is None else comma_list(args.backends),
+                modes=comma_list(args.modes),
+                sizes=comma_list(args.sizes),
+                iters=args.iters,
+                min_iters=args.min_iters,
+                max_seconds=args.max_seconds,
+            )
+        ),
+        key=CSV_KEY,
+        columns=CSV_COLUMNS,
     )
-    print(result.table())
-    if not args.no_csv:
-        upsert_csv(args.csv, result.csv_rows())
-        print(f"rows upserted into {args.csv}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ ENGINE_CACHE_FORMAT = 1  # bump when the layout of cached engines or of their si
 
 
 def default_cache_root() -> Path:
-    """``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt`` (:func:`adsrt.export.graph_cache.cache_root`)."""
+    """``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt`` (:func:`adsrt.runtime.artifacts.cache_root`)."""
     return cache_root()
 
 

@@ -11,7 +11,7 @@ Written against the TensorRT Python API of 10.x (10.3 is what JetPack 6 ships on
   :func:`builder_flags` decides them from the attributes the installed ``tensorrt`` has, so tests can
   drive it with a plain namespace.
 - **Refit.** Swap-mode engines are refittable, and only in the small ADS convolutions
-  (``ads.<layer>`` initializers, :func:`adsrt.export.swap_split.refit_name`): ``REFIT_INDIVIDUAL`` plus
+  (``ads.<layer>`` initializers, :func:`adsrt.runtime.refit.refit_name`): ``REFIT_INDIVIDUAL`` plus
   ``INetworkDefinition.mark_weights_refittable(name)`` (10.2+) keeps every other weight constant, so
   TensorRT still folds and fuses them; older releases fall back to ``REFIT`` (everything refittable,
   slower engine). Branch, um and classifier engines are not refittable. A refittable engine allows one
@@ -135,7 +135,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
 def onnx_conv_initializers(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Initializers that feed the weight input of a ``Conv``/``ConvTranspose`` node directly:
     ``{name: (element type name, shape)}`` (e.g. ``("FLOAT16", (4, 8, 1, 1))``). In swap graphs these
-    include every refit name; the runtime compares them with :func:`adsrt.export.swap_split.swap_rows`."""
+    include every refit name; the runtime compares them with :func:`adsrt.runtime.refit.swap_rows`."""
     try:
         import onnx
     except ImportError as exc:

@@ -128,8 +128,6 @@ class AdsLayout:
     max_row: int  # longest row (<= k): the kernel's static inner-loop bound
     # Sticky int32 flag: set on the device when an unvalidated update was refused (non-finite input).
     refused_flag: torch.Tensor
-    # int32 ticket counter of the logits kernel's "last program writes the EMA state" protocol.
-    ticket: torch.Tensor
     modules: dict[str, nn.Module] = field(repr=False)
     # torch-path helpers derived from the table above (index_copy_ needs int64; addmv wants a CSR
     # matrix, which aliases row_ptr/column/delta): 8 more bytes per union value, no extra traffic
@@ -196,17 +194,8 @@ class AdsLayout:
             params.get("weight") is weight and weight.data_ptr() == ptr for params, weight, ptr in self._bindings
         )
 
-    def new_ema_state(self) -> torch.Tensor:
-        """A fresh state for :func:`adsrt.kernels.ads_update.ads_update_from_logits`: float32 ``[k + 1]``.
-
-        ``state[:k]`` holds the smoothed coefficients last applied, ``state[k]`` is 0 until the first
-        frame and 1 after it (the first frame takes its probabilities as they are). Zero it to restart
-        smoothing, e.g. at a scene cut.
-        """
-        return torch.zeros(self.k + 1, dtype=torch.float32, device=self.device)
-
     def refused(self) -> bool:
-        """Whether an update with ``validate=False`` was refused (non-finite c or logits) since the last
+        """Whether an update with ``validate=False`` was refused (non-finite c) since the last
         :meth:`clear_refused`. Reads device memory, so it synchronises: call it outside the frame loop."""
         return bool(self.refused_flag.item())
 
@@ -384,7 +373,6 @@ def build_ads_layout(
         delta=dev(delta, torch.float32),
         max_row=max_row,
         refused_flag=torch.zeros(1, dtype=torch.int32, device=target_device),
-        ticket=torch.zeros(1, dtype=torch.int32, device=target_device),
         modules=dict(convs),
     )
     log.debug("%s", layout.describe())

@@ -1,12 +1,9 @@
 """Fused ADS weight update: ``arena[u] = base[u] + sum_d c[d] * delta_d[u]`` for every masked value.
 
-Two entry points with one contract, over an :class:`adsrt.kernels.ads_layout.AdsLayout`:
-
-- :func:`ads_update` takes the coefficients ``c`` (float tensor of k values on the layout's device);
-- :func:`ads_update_from_logits` takes the classifier's logits (k + 1 values, the last one being the
-  clean/unknown class, which contributes nothing), applies a softmax with a temperature and an
-  exponential moving average kept in device memory (for video), then updates: the
-  "classifier-weighted fusion".
+:func:`ads_update` takes the coefficients ``c`` (a float tensor of k values, in the degradation order
+of an :class:`adsrt.kernels.ads_layout.AdsLayout`, on its device) and rewrites every masked weight.
+The classifier's softmax (with its temperature) and the temporal smoothing (EMA) of ``c`` for video
+live in the runtime, before this update: :func:`adsrt.runtime.backends.smooth_coefficients`.
 
 **One launch for every layer.** All eligible conv weights live in one arena and the masked values of
 all layers form one CSR table, so the whole update is a single grid over the union of masked values.
@@ -14,10 +11,9 @@ A per-layer update would pay one launch (~3-5 us on a GPU, more through PyTorch'
 layer and per op; nafnet-edge has 64 eligible layers. Here the cost is one launch plus ~2.4 MB of
 table traffic (see the layout's docstring), about the price of an empty kernel.
 
-**No host synchronisation.** ``c`` and the logits are read from device memory; nothing calls
-``.item()``. With ``validate=False`` the launch is therefore capturable in a CUDA graph together with
-the classifier before it and the restorer after it (classifier -> update -> restorer, one replay per
-frame).
+**No host synchronisation.** ``c`` is read from device memory; nothing calls ``.item()``. With
+``validate=False`` the launch is therefore capturable in a CUDA graph together with the classifier
+before it and the restorer after it (classifier -> update -> restorer, one replay per frame).
 
 **Backends.** ``"triton"``: the kernel below, on CUDA (compute capability 8.0+), or on CPU tensors
 under ``TRITON_INTERPRET=1`` (how CI checks it). ``"torch"``: the same table as a CSR matrix,
@@ -29,27 +25,20 @@ round once into the arena's dtype.
 **Bad input: refused, never clamped.** A clamped or zeroed coefficient would silently restore with
 weights nobody asked for; refusing keeps the last good weights, like :func:`adsrt.ads.check_coefficients`.
 
-- Wrong shape, dtype or device of ``c``/``logits``/``state``, bad ``temperature``/``ema``, a layout
-  whose model was unbound from the arena (checked with ``validate=True``): :class:`AdsrtError`
-  before anything is written. These checks read metadata only, so they never synchronise.
-- Non-finite values, ``validate=True`` (default): :class:`AdsrtError`, weights and state untouched.
-  On CUDA this check costs one device-to-host synchronisation per call.
+- Wrong shape, dtype or device of ``c``, a layout whose model was unbound from the arena (checked with
+  ``validate=True``): :class:`AdsrtError` before anything is written. These checks read metadata only,
+  so they never synchronise.
+- Non-finite values, ``validate=True`` (default): :class:`AdsrtError`, weights untouched. On CUDA this
+  check costs one device-to-host synchronisation per call.
 - Non-finite values, ``validate=False`` (the captured fast path): the kernel itself sees the bad value,
-  writes nothing (weights and EMA state keep their last good values) and sets the layout's sticky
+  writes nothing (the weights keep their last good values) and sets the layout's sticky
   ``refused_flag``; poll :meth:`AdsLayout.refused` outside the frame loop. On CPU tensors the check is
   a cheap host check either way, with the same outcome.
-
-**EMA convention** (:func:`ads_update_from_logits`): ``p = softmax(logits / temperature)``,
-``c_t = ema * c_{t-1} + (1 - ema) * p_t[:k]``; ``ema = 0`` means no smoothing; the first frame after
-:meth:`AdsLayout.new_ema_state` (``state[k] == 0``) uses ``c_1 = p_1[:k]`` instead of blending with
-zeros. ``state[:k]`` is always the ``c`` that was applied last. At 30 fps, ``ema = 0.8`` is a time
-constant of about 5 frames.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Sequence
 
@@ -88,37 +77,19 @@ if HAS_TRITON:
         row_ptr_ptr,
         column_ptr,
         delta_ptr,
-        coef_ptr,  # c [K] (FROM_LOGITS=False) or logits [K + 1] (FROM_LOGITS=True)
-        state_ptr,  # EMA state [K + 1] (FROM_LOGITS only)
-        ticket_ptr,  # int32 [1]: counts finished programs; the last one writes the state
-        refused_ptr,  # int32 [1]: set to 1 when the input is not finite
+        coef_ptr,  # c [K]
+        refused_ptr,  # int32 [1]: set to 1 when c is not finite
         n_union,
-        inv_temperature,
-        ema,
         K: tl.constexpr,
-        BLOCK_K: tl.constexpr,  # next power of two >= K + 1
+        BLOCK_K: tl.constexpr,  # a power of two > K; the padding lanes load 0.0 (finite, contributes nothing)
         MAX_ROW: tl.constexpr,
-        FROM_LOGITS: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
         kk = tl.arange(0, BLOCK_K)
-        # Every program derives c itself (K <= a few values, L1/L2 resident): no second launch and no
+        # Every program loads c itself (K <= a few values, L1/L2 resident): no second launch and no
         # scratch buffer that programs would race on.
-        if FROM_LOGITS:
-            valid = kk < K + 1
-            logits = tl.load(coef_ptr + kk, mask=valid, other=0.0).to(tl.float32)
-            finite = tl.abs(logits) < float("inf")  # false for NaN too
-            ok = tl.sum(finite.to(tl.int32), axis=0) == BLOCK_K  # padding lanes load 0.0: finite
-            z = tl.where(valid & finite, logits * inv_temperature, float("-inf"))
-            e = tl.exp(z - tl.max(z, axis=0))
-            p = e / tl.sum(e, axis=0)
-            prev = tl.load(state_ptr + kk, mask=kk < K, other=0.0)
-            seen = tl.load(state_ptr + K)
-            w = tl.where(seen > 0.0, ema, 0.0)  # first frame: no blending with the zero state
-            c = tl.where(kk < K, w * prev + (1.0 - w) * p, 0.0)  # class K (clean) contributes nothing
-        else:
-            c = tl.load(coef_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
-            ok = tl.sum((tl.abs(c) < float("inf")).to(tl.int32), axis=0) == BLOCK_K
+        c = tl.load(coef_ptr + kk, mask=kk < K, other=0.0).to(tl.float32)
+        ok = tl.sum((tl.abs(c) < float("inf")).to(tl.int32), axis=0) == BLOCK_K  # false for NaN too
 
         c = tl.where(ok, c, 0.0)  # no inf * 0 = NaN in the masked-off lanes below
         # A refused input shrinks the grid's work to nothing (a block-and-scalar mask would be the
@@ -134,22 +105,12 @@ if HAS_TRITON:
             has = live & (entry < end)
             d = tl.load(column_ptr + entry, mask=has, other=0)
             v = tl.load(delta_ptr + entry, mask=has, other=0.0)
-            # c[d] as a select-and-sum over the K registers: c may exist only in registers (logits mode).
+            # c[d] as a select-and-sum over the K registers (no gather from a register vector).
             c_d = tl.sum(tl.where(d[:, None] == kk[None, :], c[None, :], 0.0), axis=1)
             acc += c_d * v
         dst = tl.load(offsets_ptr + rows, mask=live, other=0)
         tl.store(arena_ptr + dst, acc.to(arena_ptr.dtype.element_ty), mask=live)
         tl.store(refused_ptr, 1, mask=ok == 0)
-
-        if FROM_LOGITS:
-            # Every program read the old state above; only the last one to finish may overwrite it.
-            # The barrier completes this program's loads before its ticket is taken (acq_rel).
-            tl.debug_barrier()
-            ticket = tl.atomic_add(ticket_ptr, 1)
-            last = ticket == tl.num_programs(0) - 1
-            tl.store(state_ptr + kk, c, mask=kk < tl.where(last & ok, K, 0))
-            tl.store(state_ptr + K, 1.0, mask=last & ok)
-            tl.store(ticket_ptr, 0, mask=last)  # ready for the next launch (and graph replay)
 
     @triton.jit
     def _empty_kernel(x_ptr):
@@ -232,26 +193,12 @@ def _check_bound(layout: AdsLayout) -> None:
         )
 
 
-def _check_smoothing(temperature: float, ema: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise AdsrtError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if not (isinstance(ema, (int, float)) and 0.0 <= ema < 1.0):
-        raise AdsrtError(f"ema must be in [0, 1) (0 = no smoothing), got {ema!r}")
-
-
 # -------------------------------------------------------------------------------------------- launchers
 
 
-def _launch_triton(
-    layout: AdsLayout,
-    coef: torch.Tensor,
-    state: torch.Tensor | None,
-    inv_temperature: float,
-    ema: float,
-) -> None:
+def _launch_triton(layout: AdsLayout, c: torch.Tensor) -> None:
     k = layout.k
-    from_logits = state is not None
-    # At least one program: the logits variant must update the EMA state even with nothing masked.
+    # At least one program, so that a refused c raises the flag even when nothing is masked.
     grid = (max(1, triton.cdiv(layout.n_union, _BLOCK)),)
     _ads_update_kernel[grid](
         layout.arena,
@@ -260,66 +207,36 @@ def _launch_triton(
         layout.row_ptr,
         layout.column,
         layout.delta,
-        coef,
-        state if from_logits else layout.base,  # unused when not FROM_LOGITS
-        layout.ticket,
+        c,
         layout.refused_flag,
         layout.n_union,
-        inv_temperature,
-        ema,
         K=k,
         BLOCK_K=triton.next_power_of_2(k + 1),
         MAX_ROW=layout.max_row,
-        FROM_LOGITS=from_logits,
         BLOCK=_BLOCK,
         num_warps=_NUM_WARPS,
     )
 
 
-def _softmax_ema_torch(
-    layout: AdsLayout, logits: torch.Tensor, state: torch.Tensor, inv_temperature: float, ema: float
-) -> torch.Tensor:
-    """The kernel's c from logits, in torch: ``w * state[:k] + (1 - w) * softmax(logits / T)[:k]``."""
-    k = layout.k
-    p = torch.softmax(torch.nan_to_num(logits.float()) * inv_temperature, dim=0)
-    w = torch.where(state[k] > 0, ema, 0.0)
-    return w * state[:k] + (1.0 - w) * p[:k]
+def _torch_update(layout: AdsLayout, c: torch.Tensor, *, device_checks: bool) -> None:
+    """The torch path: ``arena[offsets] = addmv(base, table, c)``.
 
-
-def _torch_update(
-    layout: AdsLayout,
-    coef: torch.Tensor,
-    state: torch.Tensor | None,
-    inv_temperature: float,
-    ema: float,
-    *,
-    device_checks: bool,
-) -> None:
-    """The torch path of both entry points: ``arena[offsets] = addmv(base, table, c)``.
-
-    ``state`` given: ``coef`` are logits (softmax + EMA first). ``device_checks`` (CUDA tensors): the
-    finiteness decision stays on the device (``torch.where``), so nothing synchronises; on CPU tensors
-    a host check is cheaper and just as sync-free.
+    ``device_checks`` (CUDA tensors): the finiteness decision stays on the device (``torch.where``), so
+    nothing synchronises; on CPU tensors a host check is cheaper and just as sync-free.
     """
     ok = None
     if device_checks:
-        ok = torch.isfinite(coef).all()
+        ok = torch.isfinite(c).all()
         layout.refused_flag.copy_(torch.where(ok, layout.refused_flag, 1))
-    elif not bool(torch.isfinite(coef).all()):
+    elif not bool(torch.isfinite(c).all()):
         layout.refused_flag.fill_(1)
         return
-    if state is not None:
-        c = _softmax_ema_torch(layout, coef, state, inv_temperature, ema)
-    else:
-        c = coef.float() if ok is None else torch.where(ok, coef.float(), 0.0)
+    c = c.float() if ok is None else torch.where(ok, c.float(), 0.0)
     if layout.n_union:
         values = torch.addmv(layout.base, layout.matrix, c).to(layout.dtype)  # fp32 sum, one rounding
         if ok is not None:
             values = torch.where(ok, values, layout.arena[layout.offsets_long])
         layout.arena.index_copy_(0, layout.offsets_long, values)
-    if state is not None:
-        new_state = torch.cat([c, c.new_ones(1)])
-        state.copy_(new_state if ok is None else torch.where(ok, new_state, state))
 
 
 # ------------------------------------------------------------------------------------------- public API
@@ -334,8 +251,9 @@ def ads_update(
 ) -> None:
     """Set every masked weight to ``W_um + sum_d c[d] * delta_d`` in one launch.
 
-    ``c``: k floats in the layout's degradation order, on the layout's device (drop the classifier's
-    clean class, or use :func:`ads_update_from_logits`). The result does not depend on what the
+    ``c``: k floats in the layout's degradation order, on the layout's device (the classifier's
+    probabilities without the clean class, smoothed or not: see
+    :func:`adsrt.runtime.backends.smooth_coefficients`). The result does not depend on what the
     weights held before. ``validate=False`` is the sync-free path for CUDA graphs; see the module
     docstring for what is refused and how.
     """
@@ -345,49 +263,9 @@ def ads_update(
         _check_bound(layout)
         _check_finite(c, "coefficients")
     if which == "triton":
-        _launch_triton(layout, c, None, 1.0, 0.0)
+        _launch_triton(layout, c)
     else:
-        _torch_update(layout, c, None, 1.0, 0.0, device_checks=layout.device.type != "cpu")
-
-
-def ads_update_from_logits(
-    layout: AdsLayout,
-    logits: torch.Tensor,
-    state: torch.Tensor,
-    temperature: float = 1.0,
-    ema: float = 0.0,
-    *,
-    backend: str = "auto",
-    validate: bool = True,
-) -> None:
-    """Classifier-weighted fusion: softmax(logits / temperature), EMA into ``state``, update; one launch.
-
-    ``logits``: k + 1 values on the layout's device (last = clean/unknown). ``state``: float32
-    ``[k + 1]`` from :meth:`AdsLayout.new_ema_state`, updated in place; afterwards ``state[:k]`` is the
-    ``c`` that was applied. ``temperature`` and ``ema`` are host numbers (constants of a captured graph).
-    """
-    _check_smoothing(temperature, ema)
-    logits = _as_vector(layout, logits, layout.k + 1, "logit")
-    if not (
-        isinstance(state, torch.Tensor)
-        and state.dtype == torch.float32
-        and state.device == layout.device
-        and state.shape == (layout.k + 1,)
-        and state.is_contiguous()
-    ):
-        raise AdsrtError(
-            f"state must be a contiguous float32 tensor of shape [{layout.k + 1}] on {layout.device} "
-            "(use layout.new_ema_state())"
-        )
-    which = resolve_backend(layout.device, backend)
-    if validate:
-        _check_bound(layout)
-        _check_finite(logits, "logits")
-    inv_temperature = 1.0 / temperature
-    if which == "triton":
-        _launch_triton(layout, logits, state, inv_temperature, float(ema))
-    else:
-        _torch_update(layout, logits, state, inv_temperature, float(ema), device_checks=layout.device.type != "cpu")
+        _torch_update(layout, c, device_checks=layout.device.type != "cpu")
 
 
 def empty_launch(x: torch.Tensor) -> None:

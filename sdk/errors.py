@@ -43,3 +43,9 @@ class RestoreError(AdsrtError):
 
 class ConfigError(AdsrtError, ValueError):
     """A network, training or runtime config holds a value out of its range or of the wrong type."""
+
+
+def check_choice(name: str, value: object, choices, error: type[AdsrtError] = AdsrtError) -> None:
+    """Raise ``error`` unless ``value`` is one of ``choices`` (a config field's check; the message lists them)."""
+    if value not in choices:
+        raise error(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")

@@ -92,24 +92,22 @@ def _scaled(img: np.ndarray, as_float: bool) -> tuple[np.ndarray, float]:
     return (img / 255.0, 1.0) if as_float else (img, 255.0)
 
 
+# ours(img, ref, data_range) against scikit-image's (PSNR; SSIM with the Gaussian window of the paper)
+METRICS = {
+    "psnr": (psnr, lambda img, ref, r: peak_signal_noise_ratio(ref, img, data_range=r)),
+    "ssim": (ssim, _sk_ssim_gauss),
+}
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS))
 @pytest.mark.parametrize("degradation", DEGRADATIONS)
 @pytest.mark.parametrize("name", PHOTOS)
 @SCALES
-def test_psnr_matches_skimage(name: str, degradation: str, as_float: bool) -> None:
+def test_psnr_and_ssim_match_skimage(name: str, degradation: str, as_float: bool, metric: str) -> None:
     deg, ref = _pair(name, degradation)
     (d, r), (rr, _) = _scaled(deg, as_float), _scaled(ref, as_float)
-    ours = psnr(d, rr, data_range=r)
-    assert ours == pytest.approx(peak_signal_noise_ratio(rr, d, data_range=r), abs=1e-6)
-
-
-@pytest.mark.parametrize("degradation", DEGRADATIONS)
-@pytest.mark.parametrize("name", PHOTOS)
-@SCALES
-def test_ssim_matches_skimage_gaussian(name: str, degradation: str, as_float: bool) -> None:
-    deg, ref = _pair(name, degradation)
-    (d, r), (rr, _) = _scaled(deg, as_float), _scaled(ref, as_float)
-    ours = ssim(d, rr, data_range=r)
-    assert ours == pytest.approx(_sk_ssim_gauss(d, rr, r), abs=1e-6)
+    ours, reference = METRICS[metric]
+    assert ours(d, rr, data_range=r) == pytest.approx(reference(d, rr, r), abs=1e-6)
 
 
 @pytest.mark.parametrize("degradation", DEGRADATIONS)

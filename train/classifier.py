@@ -24,7 +24,7 @@ from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_weights, save_weights
 from adsrt.train.degradations import DegradationSpec
-from adsrt.train.trainer import class_specs, cosine_lr, fixed_batches, split_datasets
+from adsrt.train.trainer import class_specs, fixed_batches, scheduled_batches, split_datasets
 
 log = logging.getLogger(__name__)
 
@@ -94,22 +94,13 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, desc="train classifier", unit="step", disable=not cfg.progress)
-    step, epoch = 0, 0
-    while step < cfg.steps:
-        train_set.set_epoch(epoch)
-        for b in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, cfg.steps, cfg.lr)
-            loss = F.cross_entropy(model(b["input"].to(device)), b["label"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            if step >= cfg.steps:
-                break
-        epoch += 1
+    for _, b in scheduled_batches(loader, train_set, optimizer, cfg.steps, cfg.lr):
+        loss = F.cross_entropy(model(b["input"].to(device)), b["label"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
     bar.close()
 
     report = evaluate_classifier(model, fixed_batches(val_set, cfg.batch_size), [s.name for s in specs], device)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adsrt.errors import DataError, ImageReadError
-from adsrt.imageio import list_images, read_image
+from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image
 from adsrt.train.degradations import DegradationSpec, degrade, parse_specs, sample_level
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,21 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def load_folder(folder: str | os.PathLike) -> tuple[list[Path], list[np.ndarray]]:
-    """Decode every image of ``folder``; DataError for a missing/empty folder or an unreadable file."""
+def folder_images(folder: str | os.PathLike, label: str = "data") -> list[Path]:
+    """The images of ``folder`` by name; DataError naming the folder (``label``: its role) when it is
+    missing or holds no image."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise DataError(f"{folder}: data folder does not exist")
+        raise DataError(f"{folder}: {label} folder does not exist")
     paths = list_images(folder)
     if not paths:
-        raise DataError(f"{folder}: no images (.png, .jpg, .tif, .bmp, .webp) in this folder")
+        raise DataError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in the {label} folder")
+    return paths
+
+
+def load_folder(folder: str | os.PathLike) -> tuple[list[Path], list[np.ndarray]]:
+    """Decode every image of ``folder``; DataError for a missing/empty folder or an unreadable file."""
+    paths = folder_images(folder)
     images = []
     for path in paths:
         try:
@@ -144,16 +151,10 @@ def find_pairs(degraded_dir: str | os.PathLike, clean_dir: str | os.PathLike) ->
     """
     sides = {}
     for label, folder in (("degraded", degraded_dir), ("clean", clean_dir)):
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise DataError(f"{folder}: {label} folder does not exist")
-        paths = list_images(folder)
-        if not paths:
-            raise DataError(f"{folder}: no images in the {label} folder")
         by_stem: dict[str, Path] = {}
-        for p in paths:
+        for p in folder_images(folder, label):
             if p.stem in by_stem:
-                raise DataError(f"{folder}: two images share the name {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
+                raise DataError(f"{p.parent}: two images share the name {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
             by_stem[p.stem] = p
         sides[label] = by_stem
     degraded, clean = sides["degraded"], sides["clean"]

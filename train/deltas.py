@@ -35,9 +35,9 @@ from adsrt.train.degradations import DegradationSpec
 from adsrt.train.select import load_selection
 from adsrt.train.trainer import (
     class_specs,
-    cosine_lr,
     fixed_batches,
     restoration_loss,
+    scheduled_batches,
     split_datasets,
 )
 
@@ -164,21 +164,12 @@ def _measure_and_refine(
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(cfg.seed))
-    step, epoch = 0, 0
-    while step < cfg.refine_steps:
-        train_set.set_epoch(epoch)
-        for b in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, cfg.refine_steps, cfg.lr)
-            x, y = b["input"].to(device), b["target"].to(device)
-            loss = restoration_loss(functional_call(model, masked_weights(um, layouts, offsets, params), (x,)), y, cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step >= cfg.refine_steps:
-                break
-        epoch += 1
+    for _, b in scheduled_batches(loader, train_set, optimizer, cfg.refine_steps, cfg.lr):
+        x, y = b["input"].to(device), b["target"].to(device)
+        loss = restoration_loss(functional_call(model, masked_weights(um, layouts, offsets, params), (x,)), y, cfg.loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
     refined = _mean_psnr(model, masked_weights(um, layouts, offsets, params), val, device)
     metrics["ads_unrefined"] = metrics["ads"]
     if refined > metrics["ads"]:

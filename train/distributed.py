@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistEnv:
+    """Where this process stands in a (possibly single-process) run: its rank among ``world_size``
+    processes, its rank on this machine, and the device it trains on."""
+
     rank: int
     world_size: int
     local_rank: int

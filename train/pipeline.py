@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from adsrt.bundle import Bundle, InputContract, save_bundle, summarize
-from adsrt.errors import AdsrtError
+from adsrt.errors import AdsrtError, check_choice
 from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights
@@ -127,12 +127,9 @@ def _tag(cfg: PipelineConfig) -> str:
 
 def train_all(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the missing stages and write the bundle. Returns the bundle's metrics (rank 0)."""
-    if cfg.preset not in PRESETS:
-        raise AdsrtError(f"unknown preset {cfg.preset!r}; known: {', '.join(PRESETS)}")
-    if cfg.selector not in SELECTORS:
-        raise AdsrtError(f"selector must be one of {SELECTORS}, got {cfg.selector!r}")
-    if cfg.granularity not in GRANULARITIES:
-        raise AdsrtError(f"granularity must be one of {GRANULARITIES}, got {cfg.granularity!r}")
+    check_choice("preset", cfg.preset, PRESETS)
+    check_choice("selector", cfg.selector, SELECTORS)
+    check_choice("granularity", cfg.granularity, GRANULARITIES)
     check_q(cfg.q)
     specs = class_specs(cfg.degradations)
     p = PRESETS[cfg.preset]

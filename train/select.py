@@ -40,7 +40,7 @@ import torch
 
 from adsrt.ads import GRANULARITIES, UnitLayout, unit_layouts
 from adsrt.arch import NAFNetConfig, build_backbone
-from adsrt.errors import AdsrtError
+from adsrt.errors import AdsrtError, check_choice
 from adsrt.fileio import atomic_write_bytes
 from adsrt.train import distributed
 from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
@@ -198,14 +198,9 @@ def load_selection(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
 
 def run_select(cfg: SelectConfig) -> dict[str, Any]:
     """Score and select the units of one degradation; write them to ``cfg.out``. Returns the header."""
-    if cfg.selector not in SELECTORS:
-        raise AdsrtError(f"selector must be one of {SELECTORS}, got {cfg.selector!r}")
-    if cfg.granularity not in GRANULARITIES:
-        raise AdsrtError(f"granularity must be one of {GRANULARITIES}, got {cfg.granularity!r}")
-    if cfg.loss not in LOSSES:
-        raise AdsrtError(f"loss must be one of {LOSSES}, got {cfg.loss!r}")
-    if cfg.budget not in BUDGETS:
-        raise AdsrtError(f"budget must be one of {BUDGETS}, got {cfg.budget!r}")
+    for name, choices in (("selector", SELECTORS), ("granularity", GRANULARITIES), ("loss", LOSSES),
+                          ("budget", BUDGETS)):
+        check_choice(name, getattr(cfg, name), choices)
     check_q(cfg.q)
     spec = class_specs([cfg.degradation])[0]
     um_config, um_state, _ = load_backbone_weights(cfg.um)

@@ -232,6 +232,24 @@ def cosine_lr(step: int, total: int, lr: float, *, warmup: int = 0, min_lr: floa
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
+def scheduled_batches(loader, dataset, optimizer: torch.optim.Optimizer, steps: int,
+                      lr: float) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """``(step, batch)`` for ``steps`` optimizer steps, epoch after epoch (``dataset.set_epoch`` draws each
+    epoch's crops and degradations), the learning rate set by :func:`cosine_lr` before each step. The short
+    loops (classifier, delta refinement) use it; the restorer loop adds resume and DDP around the same idea."""
+    step, epoch = 0, 0
+    while step < steps:
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            for group in optimizer.param_groups:
+                group["lr"] = cosine_lr(step, steps, lr)
+            yield step, batch
+            step += 1
+            if step >= steps:
+                return
+        epoch += 1
+
+
 def _initial_model(cfg: TrainerConfig) -> tuple[NAFNet, NAFNetConfig]:
     if cfg.init is None:
         config = BACKBONES[cfg.backbone]

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adsrt.arch.config import check_int, config_from_dict, config_to_dict
+from adsrt.arch.config import HeaderConfig, check_int
 from adsrt.errors import ConfigError, InputError
 
 __all__ = ["ClassifierConfig", "ConvReLU", "DegradationClassifier", "build_classifier"]
@@ -19,7 +18,7 @@ __all__ = ["ClassifierConfig", "ConvReLU", "DegradationClassifier", "build_class
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(HeaderConfig):
     """Shape of a :class:`DegradationClassifier`. ``num_classes`` is k degradations + 1 ("clean").
 
     ``window`` is the size in frame pixels of the crops the classifier was trained on; a frame larger
@@ -48,15 +47,6 @@ class ClassifierConfig:
         check_int("grid", self.grid, 1)
         # Each stage halves the resolution; the last stage must still see at least one pixel.
         check_int("input_size", self.input_size, 2**self.depth)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict for the bundle header."""
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
-        """Inverse of :meth:`to_dict`; ``ValueError`` on unknown or missing keys or bad values."""
-        return config_from_dict(cls, d)
 
 
 class ConvReLU(nn.Module):

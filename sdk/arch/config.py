@@ -8,11 +8,11 @@ the bundle loader reports as a bad bundle.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
 from adsrt.errors import ConfigError
 
-__all__ = ["check_int", "check_int_tuple", "config_from_dict", "config_to_dict"]
+__all__ = ["HeaderConfig", "check_int", "check_int_tuple"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
@@ -30,30 +30,34 @@ def check_int_tuple(name: str, value: Any, minimum: int) -> None:
         check_int(f"{name}[{i}]", v, minimum)
 
 
-def config_from_dict(cls: type, d: Any) -> Any:
-    """Build dataclass ``cls`` from a JSON-style dict: lists become tuples, unknown keys are errors.
+_Config = TypeVar("_Config", bound="HeaderConfig")
 
-    Missing keys take the field default, so a bundle written before a field (with a
-    behaviour-preserving default) was added still loads; a missing required field is an error.
-    Values are validated by the dataclass's ``__post_init__``.
+
+class HeaderConfig:
+    """Base of the network configs: the JSON round trip of the bundle header.
+
+    ``to_dict`` gives a JSON-safe dict (tuples as lists); ``from_dict`` builds the dataclass back: lists
+    become tuples, unknown keys are errors, missing keys take the field default (so a bundle written
+    before a field with a behaviour-preserving default was added still loads; a missing required field
+    is an error). Values are validated by the dataclass's ``__post_init__`` (:class:`ConfigError`).
     """
-    if not isinstance(d, dict):
-        raise ConfigError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(fields)}")
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{cls.__name__} is missing required keys {missing}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    return cls(**kwargs)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
-
+    @classmethod
+    def from_dict(cls: type[_Config], d: Any) -> _Config:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} keys {unknown}; known keys: {sorted(fields)}")
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in d and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise ConfigError(f"{cls.__name__} is missing required keys {missing}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -25,13 +25,12 @@ or whole filters ``W[o]``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adsrt.arch.config import check_int, check_int_tuple, config_from_dict, config_to_dict
+from adsrt.arch.config import HeaderConfig, check_int, check_int_tuple
 from adsrt.errors import ConfigError, InputError
 
 __all__ = ["BACKBONES", "LayerNorm2d", "NAFBlock", "NAFNet", "NAFNetConfig", "SimpleGate", "build_backbone"]
@@ -40,7 +39,7 @@ __all__ = ["BACKBONES", "LayerNorm2d", "NAFBlock", "NAFNet", "NAFNetConfig", "Si
 
 
 @dataclass(frozen=True)
-class NAFNetConfig:
+class NAFNetConfig(HeaderConfig):
     """Shape of a :class:`NAFNet`. Validated on construction (``ValueError`` on bad values).
 
     ``enc_blocks[i]`` / ``dec_blocks[i]`` are the NAFBlock counts per level (encoders from full
@@ -80,15 +79,6 @@ class NAFNetConfig:
     def pad_multiple(self) -> int:
         """Input height and width are padded up to a multiple of this (one factor 2 per level)."""
         return 2 ** len(self.enc_blocks)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (tuples as lists) for the bundle header."""
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NAFNetConfig:
-        """Inverse of :meth:`to_dict`; ``ValueError`` on unknown keys or bad values."""
-        return config_from_dict(cls, d)
 
 
 class LayerNorm2d(nn.Module):

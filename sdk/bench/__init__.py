@@ -1,3 +1,11 @@
-"""Benchmarks: shared timing, machine and version rows and CSV upserts (:mod:`adsrt.bench.timing`), the
-fused-update benchmark (:mod:`adsrt.bench.ads_update`) and the frame-latency benchmark
-(:mod:`adsrt.bench.latency`). The scripts in ``benchmarks/`` are thin wrappers around these."""
+"""Benchmarks: what the scripts in ``benchmarks/`` run (they are thin wrappers), measured side by side.
+
+- :mod:`adsrt.bench.timing`: shared config fields, torch thread pinning, the machine/versions row,
+  percentiles, and the scripts' glue (CSV rows upserted with :func:`adsrt.fileio.upsert_csv`);
+- :mod:`adsrt.bench.ads_update`: the fused ADS update against the naive per-layer update and
+  ``load_state_dict`` (``adsrt bench ads-update``, ``results/ads_update.csv``);
+- :mod:`adsrt.bench.latency`: frame latency per backend, mode and size (``adsrt bench latency``);
+- :mod:`adsrt.bench.default_report`: the bundled default model's quality report (CBSD68, confusion,
+  real photos, cost, peers); :mod:`adsrt.bench.quality`: the small-scale ablation of the paper's tables.
+  Both score through the runtime (``adsrt.train.evaluate`` and the Restorer).
+"""

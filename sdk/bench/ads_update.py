@@ -1,7 +1,9 @@
-"""Swap-mode latency benchmark: the fused ADS update against its floor and two baselines, in one run.
+"""Benchmark of the ``ads_update`` kernel (the swap mode's weight update): the fused update against its
+floor and two baselines, in one run.
 
-Shared by ``benchmarks/bench_swap.py`` (which upserts rows into ``benchmarks/results/swap.csv``) and
-``adsrt bench swap``. Methods, all timed on the same model, device and dtype:
+Shared by ``benchmarks/bench_ads_update.py`` (which upserts rows into ``benchmarks/results/ads_update.csv``)
+and ``adsrt bench ads-update`` (alias ``adsrt bench swap``). Methods, all timed on the same model, device
+and dtype:
 
 - ``fused``: :func:`adsrt.kernels.ads_update.ads_update` with ``validate=False`` (the sync-free path a
   frame loop or a CUDA graph uses);
@@ -24,20 +26,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
-from adsrt import fileio
-from adsrt.arch import BACKBONES, build_backbone
+from adsrt.arch import build_backbone
+from adsrt.bench.timing import BenchConfig, Machine, percentiles, torch_threads
 from adsrt.bundle import Bundle, synthetic_bundle
-from adsrt.errors import AdsrtError
+from adsrt.errors import AdsrtError, check_choice
 from adsrt.kernels.ads_layout import AdsLayout, build_ads_layout
 
 log = logging.getLogger(__name__)
@@ -62,34 +61,20 @@ CSV_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class SwapBenchConfig:
-    backbone: str = "nafnet-edge"
-    degradations: tuple[str, ...] = ("noise", "blur", "rain")
-    q: float = 0.03  # fraction of eligible units masked per degradation (paper default 3%)
-    granularity: str = "kernel"
+class AdsUpdateBenchConfig(BenchConfig):
+    """The bundle and threads (:class:`adsrt.bench.timing.BenchConfig`), then where and how to time."""
+
     device: str = "cpu"
     dtype: str = "fp32"
     backend: str = "auto"
     iters: int = 100  # timed samples per method
     warmup: int = 10
     min_sample_us: float = 1000.0
-    seed: int = 0
-    progress: bool = True
-    threads: int | None = None  # CPU: torch intra-op threads for the run (None: leave torch's setting)
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise AdsrtError(f"unknown backbone {self.backbone!r}; known: {', '.join(sorted(BACKBONES))}")
-        if self.dtype not in DTYPES:
-            raise AdsrtError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise AdsrtError(f"device must be cpu or cuda, got {self.device!r}")
-        if self.iters < 1 or self.warmup < 0:
-            raise AdsrtError("iters must be >= 1 and warmup >= 0")
-        if not 0.0 < self.q <= 0.5:
-            raise AdsrtError(f"q must be in (0, 0.5], got {self.q}")
-        if self.threads is not None and self.threads < 1:
-            raise AdsrtError(f"threads must be >= 1, got {self.threads}")
+        super().__post_init__()
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("device", self.device, ("cpu", "cuda"))
 
 
 @dataclass(frozen=True)
@@ -102,13 +87,10 @@ class MethodTiming:
 
 
 @dataclass
-class SwapBenchResult:
-    config: SwapBenchConfig
-    device_name: str
+class AdsUpdateBenchResult:
+    config: AdsUpdateBenchConfig
+    machine: Machine
     backend: str
-    torch_version: str
-    triton_version: str
-    date: str
     rows: list[MethodTiming]
     peak_gb_per_s: float | None
     layout_summary: str
@@ -129,7 +111,7 @@ class SwapBenchResult:
     def to_json(self) -> dict:
         """The stable ``--json`` schema: device, rows (method and quantiles), ratios of the p50s."""
         return {
-            "device": self.device_name,
+            "device": self.machine.device,
             "rows": [
                 {"method": r.method, "p20_us": r.p20_us, "p50_us": r.p50_us, "p80_us": r.p80_us} for r in self.rows
             ],
@@ -143,10 +125,7 @@ class SwapBenchResult:
             gbps = r.bytes_moved / (r.p50_us * 1e-6) / 1e9 if r.bytes_moved else None
             rows.append(
                 {
-                    "date": self.date,
-                    "device": self.device_name,
-                    "torch": self.torch_version,
-                    "triton": self.triton_version,
+                    **self.machine.row(CSV_COLUMNS),
                     "backend": self.backend,
                     "backbone": c.backbone,
                     "granularity": c.granularity,
@@ -168,11 +147,9 @@ class SwapBenchResult:
 
     def table(self) -> str:
         """Human-readable report (the CLI and the script print it)."""
-        c = self.config
         lines = [
-            f"swap benchmark: {c.backbone}, {len(c.degradations)} degradations ({', '.join(c.degradations)}), "
-            f"q={c.q:g}, granularity {c.granularity}, {c.dtype}",
-            f"device {self.device_name}; backend {self.backend}; torch {self.torch_version}, triton {self.triton_version}",
+            f"ads_update benchmark: {self.config.describe()}, {self.config.dtype}",
+            f"{self.machine.describe()}; backend {self.backend}",
             *self.notes,
             self.layout_summary,
             f"{'method':<16} {'p20 us':>10} {'p50 us':>10} {'p80 us':>10} {'MB moved':>9} {'GB/s':>7}",
@@ -186,9 +163,6 @@ class SwapBenchResult:
         lines.append(f"device peak memory bandwidth: {peak}")
         lines.append("ratios (p50): " + ", ".join(f"{k} {v:.1f}x" for k, v in self.ratios.items()))
         return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------- the bundle
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -229,18 +203,6 @@ def time_call(
         if on_sample is not None:
             on_sample()
     return samples
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def peak_bandwidth_gb_per_s(device: torch.device) -> float | None:
@@ -307,21 +269,16 @@ def _floor(backend: str, device: torch.device) -> Callable[[], object]:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_swap_benchmark(config: SwapBenchConfig) -> SwapBenchResult:
+def run_ads_update_benchmark(config: AdsUpdateBenchConfig) -> AdsUpdateBenchResult:
     """Build the model and layout, check that the fused and naive updates agree, then time all methods."""
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(config)
-    finally:
-        torch.set_num_threads(threads)
 
 
-def _run(config: SwapBenchConfig) -> SwapBenchResult:
+def _run(config: AdsUpdateBenchConfig) -> AdsUpdateBenchResult:
     from tqdm import tqdm
 
-    from adsrt.kernels.ads_update import HAS_TRITON, TRITON_VERSION, ads_update, resolve_backend
+    from adsrt.kernels.ads_update import HAS_TRITON, ads_update, resolve_backend
 
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -355,12 +312,11 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
         "load_state_dict": (lambda: other.load_state_dict(im_state), 2 * state_bytes),
     }
     rows = []
-    with tqdm(total=len(methods) * config.iters, desc="bench swap", unit="sample", disable=not config.progress) as bar:
+    with tqdm(total=len(methods) * config.iters, desc="bench ads-update", unit="sample", disable=not config.progress) as bar:
         for method, (fn, n_bytes) in methods.items():
             bar.set_postfix_str(method)
             samples = time_call(fn, device, config.iters, config.warmup, config.min_sample_us, bar.update)
-            p20, p50, p80 = np.percentile(samples, [20, 50, 80])
-            rows.append(MethodTiming(method, float(p20), float(p50), float(p80), n_bytes))
+            rows.append(MethodTiming(method, *percentiles(samples), n_bytes))
     if layout.refused():
         raise AdsrtError("an update was refused during the benchmark (non-finite coefficients?)")
 
@@ -373,23 +329,12 @@ def _run(config: SwapBenchConfig) -> SwapBenchResult:
         + ("" if HAS_TRITON else "; triton not installed")
         + (f"; {torch.get_num_threads()} torch threads" if device.type == "cpu" else ""),
     ]
-    return SwapBenchResult(
+    return AdsUpdateBenchResult(
         config=config,
-        device_name=device_name(device),
+        machine=Machine.detect(device),
         backend=backend,
-        torch_version=torch.__version__,
-        triton_version=TRITON_VERSION,
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         rows=rows,
         peak_gb_per_s=peak_bandwidth_gb_per_s(device),
         layout_summary=layout.describe(),
         notes=notes,
     )
-
-
-# ------------------------------------------------------------------------------------------------- CSV
-
-
-def upsert_csv(path: str | os.PathLike, rows: Sequence[dict[str, str]]) -> None:
-    """Insert ``rows`` into the CSV at ``path``, replacing rows with the same :data:`CSV_KEY`; atomic."""
-    fileio.upsert_csv(path, rows, key=CSV_KEY, columns=CSV_COLUMNS)

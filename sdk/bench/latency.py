@@ -27,18 +27,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-import torch
 
-from adsrt import fileio
-from adsrt.arch import BACKBONES, ClassifierConfig
+from adsrt.arch import ClassifierConfig
+from adsrt.bench.timing import BenchConfig, Machine, check_choices, percentiles, torch_threads
 from adsrt.bundle import synthetic_bundle
-from adsrt.errors import AdsrtError
+from adsrt.errors import AdsrtError, check_choice
 from adsrt.runtime.backends import BACKENDS, MODES, PRECISIONS, available_backends, resolve_device
 
 log = logging.getLogger(__name__)
@@ -70,11 +67,9 @@ CSV_COLUMNS = (
 
 
 @dataclass(frozen=True)
-class LatencyBenchConfig:
-    backbone: str = "nafnet-edge"
-    degradations: tuple[str, ...] = ("noise", "blur", "rain")
-    q: float = 0.03
-    granularity: str = "kernel"
+class LatencyBenchConfig(BenchConfig):
+    """The bundle and threads (:class:`adsrt.bench.timing.BenchConfig`), then what to run and how long."""
+
     classifier: ClassifierConfig | None = None  # None: the default preset's (input 128, width 16, depth 4)
     device: str = "auto"
     precision: str = "fp32"
@@ -85,29 +80,16 @@ class LatencyBenchConfig:
     min_iters: int = 3
     max_seconds: float = 60.0  # per row, timed frames only
     warmup: int = 1
-    seed: int = 0
-    threads: int | None = None  # CPU: torch intra-op threads for the run (None: leave torch's setting)
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise AdsrtError(f"unknown backbone {self.backbone!r}; known: {', '.join(sorted(BACKBONES))}")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise AdsrtError(f"modes must be among {MODES}, got {list(self.modes)}")
-        bad = [s for s in self.sizes if s not in SIZES]
-        if bad or not self.sizes:
-            raise AdsrtError(f"sizes must be among {list(SIZES)}, got {list(self.sizes)}")
+        super().__post_init__()
+        check_choices("modes", self.modes, MODES)
+        check_choices("sizes", self.sizes, SIZES)
         if self.backends is not None:
-            bad = [b for b in self.backends if b not in BACKENDS]
-            if bad or not self.backends:
-                raise AdsrtError(f"backends must be among {list(BACKENDS)}, got {list(self.backends)}")
-        if self.precision not in PRECISIONS:
-            raise AdsrtError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.iters < 1 or self.min_iters < 1 or self.warmup < 0 or self.max_seconds <= 0:
-            raise AdsrtError("iters and min_iters must be >= 1, warmup >= 0, max_seconds > 0")
-        if self.threads is not None and self.threads < 1:
-            raise AdsrtError(f"threads must be >= 1, got {self.threads}")
+            check_choices("backends", self.backends, BACKENDS)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.min_iters < 1 or self.max_seconds <= 0:
+            raise AdsrtError("min_iters must be >= 1 and max_seconds > 0")
 
 
 @dataclass(frozen=True)
@@ -131,11 +113,7 @@ class LatencyRow:
 @dataclass
 class LatencyBenchResult:
     config: LatencyBenchConfig
-    device_name: str
-    torch_version: str
-    triton_version: str
-    threads: int
-    date: str
+    machine: Machine
     rows: list[LatencyRow]
     skipped_backends: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -143,7 +121,7 @@ class LatencyBenchResult:
     def to_json(self) -> dict[str, Any]:
         """The stable ``--json`` schema: device and one row per (backend, mode, size)."""
         return {
-            "device": self.device_name,
+            "device": self.machine.device,
             "rows": [
                 {"backend": r.backend, "mode": r.mode, "height": r.height, "width": r.width, "p50_ms": r.p50_ms,
                  "p90_ms": r.p90_ms, "p99_ms": r.p99_ms, "ads_overhead_frac": r.ads_overhead_frac}
@@ -156,10 +134,9 @@ class LatencyBenchResult:
         out = []
         for r in self.rows:
             out.append({
-                "date": self.date, "device": self.device_name, "torch": self.torch_version, "backend": r.backend,
-                "backbone": c.backbone, "mode": r.mode, "precision": c.precision, "granularity": c.granularity,
+                **self.machine.row(CSV_COLUMNS), "backend": r.backend, "backbone": c.backbone, "mode": r.mode, "precision": c.precision, "granularity": c.granularity,
                 "q": f"{c.q:g}", "k": str(len(c.degradations)), "height": str(r.height), "width": str(r.width),
-                "threads": str(self.threads), "iters": str(r.iters), "p50_ms": f"{r.p50_ms:.2f}",
+                "iters": str(r.iters), "p50_ms": f"{r.p50_ms:.2f}",
                 "p90_ms": f"{r.p90_ms:.2f}", "p99_ms": f"{r.p99_ms:.2f}",
                 **{f"{stage}_ms": f"{value:.3f}" for stage, value in r.stages_ms.items()},
                 "ads_overhead_frac": f"{r.ads_overhead_frac:.4f}",
@@ -167,17 +144,15 @@ class LatencyBenchResult:
                 "over_torch_um_frac": "" if r.over_torch_um_frac is None else f"{r.over_torch_um_frac:.4f}",
                 "rss_mb": "" if r.rss_mb is None else f"{r.rss_mb:.0f}",
                 "loadavg": "" if r.loadavg is None else f"{r.loadavg:.2f}",
-                "triton": self.triton_version, "deltas": "random (no trained bundle)",
-                "onnxruntime": _onnxruntime_version() if r.backend == "onnxruntime" else "",
+                "deltas": "random (no trained bundle)",
+                "onnxruntime": self.machine.onnxruntime if r.backend == "onnxruntime" else "",
             })
         return out
 
     def table(self) -> str:
-        c = self.config
         lines = [
-            f"latency benchmark: {c.backbone}, {len(c.degradations)} degradations, q={c.q:g} ({c.granularity}), "
-            f"{c.precision}",
-            f"device {self.device_name}; torch {self.torch_version}, triton {self.triton_version}",
+            f"latency benchmark: {self.config.describe()}, {self.config.precision}",
+            self.machine.describe(),
             *self.notes,
             f"{'backend':<12} {'mode':<7} {'size':>10} {'n':>3} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
             f"{'classify':>9} {'update':>8} {'restore':>9} {'ADS/frame':>9} {'vs UM':>7} {'vs torch UM':>11}",
@@ -220,21 +195,8 @@ def _loadavg() -> float | None:
 
 
 def run_latency_benchmark(config: LatencyBenchConfig) -> LatencyBenchResult:
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _run(config)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _onnxruntime_version() -> str:
-    try:
-        import onnxruntime
-    except ImportError:
-        return ""
-    return onnxruntime.__version__
 
 
 class _Samples:
@@ -276,8 +238,6 @@ def _time_size(restorers: dict, frame: np.ndarray, config: LatencyBenchConfig, b
 def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
     from tqdm import tqdm
 
-    from adsrt.bench.ads_update import device_name
-    from adsrt.kernels.ads_update import TRITON_VERSION
     from adsrt.runtime.restorer import Restorer, RestorerConfig
 
     device = resolve_device(config.device)
@@ -310,9 +270,8 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
             bar.set_postfix_str(size)
             h, w = SIZES[size]
             for (backend, mode), s in _time_size(restorers, frames[size], config, bar).items():
-                p50, p90, p99 = np.percentile(s.totals, [50, 90, 99])
                 stages = {stage: float(np.median(v)) for stage, v in s.stages.items()}
-                rows.append(LatencyRow(backend, mode, h, w, len(s.totals), float(p50), float(p90), float(p99), stages,
+                rows.append(LatencyRow(backend, mode, h, w, len(s.totals), *percentiles(s.totals, (50, 90, 99)), stages,
                                        0.0 if mode == "um" else float(np.median(s.ads)), rss_mb(), _loadavg()))
     restorers.clear()
     order = [(b, m) for b in backends for m in config.modes]
@@ -337,17 +296,8 @@ def _run(config: LatencyBenchConfig) -> LatencyBenchResult:
     ]
     return LatencyBenchResult(
         config=config,
-        device_name=device_name(device),
-        torch_version=torch.__version__,
-        triton_version=TRITON_VERSION,
-        threads=torch.get_num_threads(),
-        date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        machine=Machine.detect(device),
         rows=rows,
         skipped_backends=skipped,
         notes=notes,
     )
-
-
-def upsert_csv(path: str | os.PathLike, rows: Sequence[dict[str, str]]) -> None:
-    """Insert ``rows`` into the CSV at ``path``, replacing rows with the same :data:`CSV_KEY`; atomic."""
-    fileio.upsert_csv(path, rows, key=CSV_KEY, columns=CSV_COLUMNS)

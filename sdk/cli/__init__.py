@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import adsrt
+from adsrt.cli.bench import add_bench_commands
 from adsrt.cli.export import add_export_command
 from adsrt.cli.runtime import add_runtime_commands
 from adsrt.cli.train import add_train_commands
@@ -138,28 +139,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# -------------------------------------------------------------------------------------------------- bench
-
-
-def cmd_bench_swap(args: argparse.Namespace) -> int:
-    from adsrt.bench.ads_update import SwapBenchConfig, run_swap_benchmark
-    from adsrt.fileio import write_json
-
-    config = SwapBenchConfig(
-        backbone=args.backbone,
-        device=args.device,
-        dtype=args.dtype,
-        backend=args.backend,
-        iters=args.iters,
-        progress=not args.quiet,
-    )
-    result = run_swap_benchmark(config)
-    print(result.table())
-    if args.json:
-        write_json(args.json, result.to_json())
-    return 0
-
-
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -205,20 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the degradations (default 0)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="latency benchmarks")
-    bench = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
-    p = bench.add_parser("swap", help="fused ADS weight update vs an empty launch, a naive per-layer update "
-                                      "and load_state_dict (default model, random sparse deltas)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
-    p.add_argument("--json", metavar="OUT", help="also write the timings and ratios as JSON")
-    # For tests and quick looks; the recorded numbers use the defaults.
-    p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
-    p.add_argument("--iters", type=int, default=100, help=argparse.SUPPRESS)
-    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help=argparse.SUPPRESS)
-    p.add_argument("--backend", choices=("auto", "triton", "torch"), default="auto", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_bench_swap)
-
-    add_runtime_commands(sub, bench)  # restore, classify, bench latency
+    add_bench_commands(sub)  # bench ads-update (alias swap), bench latency
+    add_runtime_commands(sub)  # restore, classify
     add_export_command(sub)
     add_train_commands(sub)
     return parser

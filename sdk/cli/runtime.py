@@ -1,10 +1,10 @@
-"""The runtime commands of the ``adsrt`` CLI: ``restore``, ``classify`` and ``bench latency``.
+"""The runtime commands of the ``adsrt`` CLI: ``restore`` and ``classify`` (``bench latency`` is in
+:mod:`adsrt.cli.bench`).
 
     adsrt restore INPUT [OUTPUT] [--bundle B] [--backend auto|torch|...] [--mode swap|branch|um]
                   [--device D] [--precision fp32|fp16|bf16] [--tile N] [--force DEGRADATION]
                   [--side-by-side] [--stats JSON] [--input-* ...] [--output-* ...]
     adsrt classify INPUT [--bundle B] [--json]
-    adsrt bench latency [--json OUT]
 
 INPUT and OUTPUT follow the jetson-inference grammar (see :mod:`adsrt.io.sources` and :mod:`adsrt.io.sinks`). Progress bars show
 frames of files, and frames and FPS of live streams; ``-q`` turns them off.
@@ -149,36 +149,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------ bench latency
-
-
-def cmd_bench_latency(args: argparse.Namespace) -> int:
-    from adsrt.bench.latency import LatencyBenchConfig, run_latency_benchmark
-    from adsrt.fileio import write_json
-
-    config = LatencyBenchConfig(
-        backbone=args.backbone,
-        device=args.device,
-        precision=args.precision,
-        backends=None if args.backends is None else tuple(_csv(args.backends)),
-        modes=tuple(_csv(args.modes)),
-        sizes=tuple(_csv(args.sizes)),
-        iters=args.iters,
-        min_iters=min(args.iters, 3),
-        threads=args.threads,
-        progress=not args.quiet,
-    )
-    result = run_latency_benchmark(config)
-    print(result.table())
-    if args.json:
-        write_json(args.json, result.to_json())
-    return 0
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 # ------------------------------------------------------------------------------------------------- parser
 
 
@@ -214,8 +184,8 @@ def _add_input_options(p: argparse.ArgumentParser) -> None:
                    help="network streams: first reconnect delay in seconds, doubled per attempt (default 0.5)")
 
 
-def add_runtime_commands(sub: argparse._SubParsersAction, bench: argparse._SubParsersAction) -> None:
-    """Register ``restore`` and ``classify`` on the top-level subparsers and ``latency`` on ``bench``'s."""
+def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``restore`` and ``classify`` on the top-level subparsers."""
     p = sub.add_parser("restore", help="restore an image, folder, video, camera or stream",
                        description="Restore INPUT into OUTPUT. INPUT: image, folder, video file, file://..., "
                                    "v4l2:///dev/videoN or a camera index, rtsp://... OUTPUT: image (for an image), "
@@ -258,17 +228,4 @@ def add_runtime_commands(sub: argparse._SubParsersAction, bench: argparse._SubPa
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_input_options(p)
     p.set_defaults(func=cmd_classify)
-
-    p = bench.add_parser("latency", help="per-frame latency p50/p90/p99 at 480p/720p/1080p for each available "
-                                         "backend and mode, with the ADS overhead (random sparse deltas)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
-    p.add_argument("--backends", help="comma-separated backends (default: every available one)")
-    p.add_argument("--modes", default="um,swap,branch", help="comma-separated modes (default um,swap,branch)")
-    p.add_argument("--sizes", default="480p,720p,1080p", help="comma-separated sizes (default 480p,720p,1080p)")
-    p.add_argument("--iters", type=_positive_int, default=10, help="timed frames per row (default 10)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--threads", type=_positive_int, help="CPU: torch threads (default: torch's setting)")
-    p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_bench_latency)
 

@@ -19,6 +19,12 @@ def _csv(text: str) -> tuple[str, ...]:
     return items
 
 
+def _options(p: argparse.ArgumentParser, kind: type, *flags: str) -> None:
+    """Options that take one value of ``kind`` and need no help text beyond the stage's config docs."""
+    for flag in flags:
+        p.add_argument(flag, type=kind)
+
+
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     """The options the user set (argparse default None means: keep the config's default)."""
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
@@ -29,24 +35,31 @@ _RESTORER_OPTS = ("steps", "batch_size", "crop_size", "lr", "min_lr", "warmup_st
                   "seed", "device")
 
 
-def _add_restorer_options(p: argparse.ArgumentParser) -> None:
+# The restorer trainer's numeric options: (flag, type, help); TrainerConfig documents each field.
+_TRAINER_NUMBERS = (
+    ("--steps", int, "optimizer steps (cosine schedule over them)"),
+    ("--batch-size", int, "batch size per process"),
+    ("--crop-size", int, "training crop size in px"),
+    ("--lr", float, "peak learning rate (AdamW)"),
+    ("--min-lr", float, "learning rate at the end of the cosine"),
+    ("--warmup-steps", int, "linear warmup steps"),
+    ("--weight-decay", float, None),
+    ("--ema-decay", float, "EMA decay of the weights that are validated and saved"),
+    ("--grad-clip", float, "max gradient norm (0: off)"),
+    ("--val-every", int, "validate every N steps"),
+    ("--val-samples", int, "held-out crops for validation"),
+    ("--ckpt-every", int, "checkpoint every N steps"),
+    ("--samples-per-epoch", int, None),
+    ("--workers", int, "data loader workers per process"),
+)
+
+
+def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors, last.pt, log.csv)")
-    p.add_argument("--steps", type=int, help="optimizer steps (cosine schedule over them)")
-    p.add_argument("--batch-size", type=int, help="batch size per process")
-    p.add_argument("--crop-size", type=int, help="training crop size in px")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
-    p.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine")
-    p.add_argument("--warmup-steps", type=int, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=float)
+    for flag, kind, text in _TRAINER_NUMBERS:
+        p.add_argument(flag, type=kind, help=text)
     p.add_argument("--loss", choices=("l1", "psnr"))
-    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights that are validated and saved")
-    p.add_argument("--grad-clip", type=float, help="max gradient norm (0: off)")
-    p.add_argument("--val-every", type=int, help="validate every N steps")
-    p.add_argument("--val-samples", type=int, help="held-out crops for validation")
-    p.add_argument("--ckpt-every", type=int, help="checkpoint every N steps")
-    p.add_argument("--samples-per-epoch", type=int)
-    p.add_argument("--workers", type=int, help="data loader workers per process")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
@@ -54,7 +67,7 @@ def _add_restorer_options(p: argparse.ArgumentParser) -> None:
                    help="start over even if OUT/last.pt exists")
 
 
-def _restorer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kw = _given(args, _RESTORER_OPTS + ("amp", "resume"))
     return {**kw, "data": args.data, "out": args.out, "progress": not args.quiet}
 
@@ -65,31 +78,29 @@ def _print_val(metrics: dict[str, Any]) -> None:
         print(f"  {name:<12} input {m['input']:6.2f}  output {m['output']:6.2f}  (n={m['n']})")
 
 
-def cmd_um(args: argparse.Namespace) -> int:
+def _run_stage(train, config) -> int:
+    """Run a restorer-training stage (``train(config)``), print its validation, always leave torch.distributed."""
     from adsrt.train import distributed
-    from adsrt.train.um import UMConfig, train_um
 
-    kw = _restorer_kwargs(args) | _given(args, ("degradations", "backbone"))
     try:
-        metrics = train_um(UMConfig(**kw))
+        metrics = train(config)
         if metrics:
             _print_val(metrics)
     finally:
         distributed.shutdown()
     return 0
+
+
+def cmd_um(args: argparse.Namespace) -> int:
+    from adsrt.train.um import UMConfig, train_um
+
+    return _run_stage(train_um, UMConfig(**_trainer_kwargs(args), **_given(args, ("degradations", "backbone"))))
 
 
 def cmd_target(args: argparse.Namespace) -> int:
-    from adsrt.train import distributed
     from adsrt.train.um import TargetConfig, train_target
 
-    try:
-        metrics = train_target(TargetConfig(um=args.um, degradation=args.degradation, **_restorer_kwargs(args)))
-        if metrics:
-            _print_val(metrics)
-    finally:
-        distributed.shutdown()
-    return 0
+    return _run_stage(train_target, TargetConfig(um=args.um, degradation=args.degradation, **_trainer_kwargs(args)))
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -199,13 +210,13 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
 
     p = sub.add_parser("um", help="train the unified model on a mix of degradations (works under torchrun)")
-    _add_restorer_options(p)
+    _add_trainer_options(p)
     p.add_argument("--degradations", type=_csv, help="comma-separated name[:level] (default noise,blur,rain)")
     p.add_argument("--backbone", help="nafnet-tiny, nafnet-small or nafnet-edge (default)")
     p.set_defaults(func=cmd_um)
 
     p = sub.add_parser("target", help="fine-tune a copy of the UM on one degradation (the IM upper bound)")
-    _add_restorer_options(p)
+    _add_trainer_options(p)
     p.add_argument("--um", required=True, metavar="WEIGHTS", help="the UM's model.safetensors")
     p.add_argument("--degradation", required=True, metavar="NAME[:LEVEL]")
     p.set_defaults(func=cmd_target)
@@ -223,11 +234,10 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="params: at most q of the eligible weight values (default); units: round(q * eligible units)")
     p.add_argument("--path-steps", type=int, help="N, the integration steps from target to UM (default 50)")
     p.add_argument("--n-images", type=int, help="degraded crops the gradients are taken on")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop-size", type=int)
+    _options(p, int, "--batch-size", "--crop-size")
     p.add_argument("--loss", choices=("l1", "psnr"))
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    _options(p, int, "--seed")
+    _options(p, str, "--device")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("deltas", help="sparse delta of one degradation on its masked units (optionally refined)")
@@ -237,31 +247,21 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE")
     p.add_argument("--data", metavar="DIR", help="clean photos: validation PSNR, and needed by --refine-steps")
     p.add_argument("--refine-steps", type=int, help="train only the masked units for N steps (UM frozen)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--lr", type=float)
+    _options(p, int, "--batch-size", "--crop-size")
+    _options(p, float, "--lr")
     p.add_argument("--loss", choices=("l1", "psnr"))
-    p.add_argument("--val-samples", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    _options(p, int, "--val-samples", "--seed")
+    _options(p, str, "--device")
     p.set_defaults(func=cmd_deltas)
 
     p = sub.add_parser("classifier", help="train the degradation classifier (k + 1 classes, last = clean)")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--degradations", type=_csv)
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--width", type=int)
-    p.add_argument("--depth", type=int)
-    p.add_argument("--crop-size", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--clean-fraction", type=float)
-    p.add_argument("--val-samples", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    _options(p, int, "--input-size", "--width", "--depth", "--crop-size", "--steps", "--batch-size",
+             "--val-samples", "--workers", "--seed")
+    _options(p, float, "--lr", "--clean-fraction")
+    _options(p, str, "--device")
     p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
     p.set_defaults(func=cmd_classifier)
 
@@ -284,8 +284,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--q", type=float)
     p.add_argument("--granularity", choices=("kernel", "filter"))
     p.add_argument("--budget", choices=("units", "params"), help="selection budget (see `train select`)")
-    p.add_argument("--refine-steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    _options(p, int, "--refine-steps", "--seed")
+    _options(p, str, "--device")
     p.set_defaults(func=cmd_all)
 

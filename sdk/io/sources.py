@@ -175,13 +175,21 @@ class FrameSource(ABC):
         return ", ".join(parts)
 
 
-class ImageFileSource(FrameSource):
-    kind = "image"
+class _PathSource(FrameSource):
+    """A file or folder of still images: separate photos, so no smoothing of c from one to the next."""
+
     temporal = False
 
     def __init__(self, path: Path, options: SourceOptions | None = None) -> None:
         super().__init__(str(path), options)
         self.path = path
+
+
+class ImageFileSource(_PathSource):
+    kind = "image"
+
+    def __init__(self, path: Path, options: SourceOptions | None = None) -> None:
+        super().__init__(path, options)
         self.image = read_image(path)  # fails now, with the file's name, before any output is opened
         self.expected = 1
 
@@ -192,13 +200,11 @@ class ImageFileSource(FrameSource):
         return self.path.with_name(f"{self.path.stem}{suffix}{self.path.suffix}")
 
 
-class ImageFolderSource(FrameSource):
+class ImageFolderSource(_PathSource):
     kind = "folder"
-    temporal = False
 
     def __init__(self, folder: Path, options: SourceOptions | None = None) -> None:
-        super().__init__(str(folder), options)
-        self.folder = folder
+        super().__init__(folder, options)
         self.paths = list_images(folder)
         if not self.paths:
             raise InputError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
@@ -213,7 +219,7 @@ class ImageFolderSource(FrameSource):
                 yield Frame(index, None, name=path.name, error=str(exc))
 
     def default_output(self, suffix: str) -> Path:
-        folder = self.folder.resolve()
+        folder = self.path.resolve()
         return folder.with_name(f"{folder.name}{suffix}")
 
 
@@ -224,6 +230,19 @@ class _CaptureSource(FrameSource):
         self._opener = opener
         self._sleep = sleep or time.sleep
         self.cap: Capture | None = None
+
+    def _open(self, failure: str) -> None:
+        """Open the capture; InputError(``failure``) when OpenCV cannot."""
+        self.cap = self._opener()
+        if not self.cap.isOpened():
+            self.cap.release()
+            raise InputError(failure)
+
+    def _read(self) -> np.ndarray | None:
+        """The next frame as RGB, or None when the capture returned nothing."""
+        assert self.cap is not None
+        ok, image = self.cap.read()
+        return _bgr_to_rgb(image) if ok and image is not None else None
 
     def _read_props(self) -> None:
         assert self.cap is not None
@@ -242,10 +261,7 @@ class VideoFileSource(_CaptureSource):
     def __init__(self, path: Path, options: SourceOptions | None = None, *, opener: Opener | None = None) -> None:
         super().__init__(str(path), options, opener or (lambda: cv2.VideoCapture(str(path))), None)
         self.path = path
-        self.cap = self._opener()
-        if not self.cap.isOpened():
-            self.cap.release()
-            raise InputError(f"{path}: OpenCV cannot open this video (corrupt, truncated or unsupported codec?)")
+        self._open(f"{path}: OpenCV cannot open this video (corrupt, truncated or unsupported codec?)")
         self._read_props()
         count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.expected = count if count > 0 else None
@@ -254,14 +270,14 @@ class VideoFileSource(_CaptureSource):
         assert self.cap is not None
         index, bad = 0, 0
         while True:
-            ok, image = self.cap.read()
-            if ok and image is not None:
+            image = self._read()
+            if image is not None:
                 for _ in range(bad):  # failed reads followed by a good frame were broken frames
                     self.state.warn(f"{self.path.name}: frame {index} could not be decoded; skipped")
                     yield Frame(index, None, error="undecodable frame")
                     index += 1
                 bad = 0
-                yield Frame(index, _bgr_to_rgb(image))
+                yield Frame(index, image)
                 index += 1
                 continue
             bad += 1
@@ -290,10 +306,7 @@ class CameraSource(_CaptureSource):
                     return cv2.VideoCapture(device, cv2.CAP_V4L2)
                 return cv2.VideoCapture(device)
         super().__init__(uri, options, opener, sleep)
-        self.cap = self._opener()
-        if not self.cap.isOpened():
-            self.cap.release()
-            raise InputError(f"cannot open camera {uri} (no such device, no permission, or busy?)")
+        self._open(f"cannot open camera {uri} (no such device, no permission, or busy?)")
         o = self.options
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, o.width), (cv2.CAP_PROP_FRAME_HEIGHT, o.height),
                             (cv2.CAP_PROP_FPS, o.rate)):
@@ -305,10 +318,10 @@ class CameraSource(_CaptureSource):
         assert self.cap is not None
         index, failures = 0, 0
         while True:
-            ok, image = self.cap.read()
-            if ok and image is not None:
+            image = self._read()
+            if image is not None:
                 failures = 0
-                yield Frame(index, _bgr_to_rgb(image))
+                yield Frame(index, image)
                 index += 1
                 continue
             failures += 1
@@ -365,10 +378,10 @@ class NetworkSource(_CaptureSource):
         index, attempt = 0, 0  # reconnect attempts since the last frame that arrived
         while True:
             if self.cap is not None:
-                ok, image = self.cap.read()
-                if ok and image is not None:
+                image = self._read()
+                if image is not None:
                     attempt = 0
-                    yield Frame(index, _bgr_to_rgb(image))
+                    yield Frame(index, image)
                     index += 1
                     continue
                 self.cap.release()

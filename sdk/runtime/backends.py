@@ -75,10 +75,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def smooth_coefficients(probs: Tensor, state: Tensor | None, ema: float) -> Tensor:
     """``c`` from classifier probabilities ``[B, k + 1]``: ``p[:, :k]``, smoothed over time with ``state``.
 
-    ``state`` (float32 ``[k + 1]``, the convention of :func:`adsrt.kernels.ads_update.ads_update_from_logits`):
-    ``state[:k]`` is the last applied c, ``state[k]`` is 1 once a frame has been seen (0: restart, e.g. at
-    a scene cut). Then ``c = ema * state[:k] + (1 - ema) * p[:k]`` (the first frame takes ``p`` as it
-    is) and ``state`` is updated in place. Device-side ops only (no host sync): CUDA-graph safe.
+    ``state``: None (no smoothing: ``c = p[:, :k]``) or float32 ``[k + 1]`` on ``probs``' device, for one
+    frame at a time: ``state[:k]`` is the last applied c, ``state[k]`` is 1 once a frame has been seen
+    (a zeroed state, ``state[k] == 0``, restarts the smoothing, e.g. at a scene cut). Then
+    ``c = ema * state[:k] + (1 - ema) * p[0, :k]`` (the first frame takes ``p`` as it is) and ``state``
+    is updated in place. Device-side ops only (no host sync): CUDA-graph safe.
     """
     k = probs.shape[1] - 1
     c = probs[:, :k].float()
@@ -191,8 +192,8 @@ class TorchBackend(Backend):
         return text
 
 
-class _ExportedBackend:
-    """A backend implemented in :mod:`adsrt.export`, imported only when used (onnx, onnxruntime and
+class _LazyBackend:
+    """A backend of its own module, imported only when used (onnx, onnxruntime and
     tensorrt are optional and slow to import). Behaves like a backend class: call it to construct one."""
 
     def __init__(self, name: str, module: str, cls: str, reason: str) -> None:
@@ -210,11 +211,11 @@ class _ExportedBackend:
         return getattr(self._load(), self._reason)()
 
 
-BACKENDS: dict[str, type[Backend] | _ExportedBackend] = {
+BACKENDS: dict[str, type[Backend] | _LazyBackend] = {
     "torch": TorchBackend,
-    "onnxruntime": _ExportedBackend("onnxruntime", "adsrt.runtime.onnxruntime_backend", "OnnxRuntimeBackend",
+    "onnxruntime": _LazyBackend("onnxruntime", "adsrt.runtime.onnxruntime_backend", "OnnxRuntimeBackend",
                                     "onnxruntime_unavailable_reason"),
-    "tensorrt": _ExportedBackend("tensorrt", "adsrt.runtime.tensorrt_backend", "TensorRTBackend",
+    "tensorrt": _LazyBackend("tensorrt", "adsrt.runtime.tensorrt_backend", "TensorRTBackend",
                                  "tensorrt_unavailable_reason"),
 }
 # Preference order of "auto" (the first available wins).

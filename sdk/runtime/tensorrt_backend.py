@@ -1,10 +1,10 @@
 """The ``tensorrt`` runtime backend: the restorer (swap, branch or um) and the degradation classifier as
 TensorRT engines, driven with torch CUDA tensors and streams.
 
-**Engines.** Without ``engine=``, the backend exports the ONNX graphs itself
-(:func:`adsrt.export.onnx_export.export_onnx`, into ``<cache>/onnx``; reused while the bundle digest,
-mode, precision and adsrt version match) and builds or loads the engines through the
-:class:`adsrt.export.engine_cache.EngineCache` (``cache_dir``, default ``$ADSRT_CACHE_DIR`` or
+**Engines.** Without ``engine=``, the backend asks the exporter for them
+(:func:`adsrt.runtime.artifacts.exported`, kind ``"tensorrt"``): the ONNX graphs are exported into
+``<cache>/onnx`` (reused while the bundle digest, mode, precision and adsrt version match) and the engines
+built or loaded through the exporter's engine cache (``cache_dir``, default ``$ADSRT_CACHE_DIR`` or
 ``~/.cache/adsrt``). The first run on a machine builds (minutes on a Jetson); later runs load.
 ``engine=PATH`` uses a prebuilt restorer engine instead (checked against its cache sidecar when one lies
 beside it). The classifier engine (when the bundle has a classifier) always comes from the cache; in um
@@ -20,14 +20,14 @@ current stream before, and the caller's stream waits for it after, so callers se
 and no host synchronisation happens in :meth:`restore`, :meth:`classify` or :meth:`update`.
 
 **Swap mode: refit.** The engine holds constant UM weights plus, per masked layer, a small refittable
-convolution ``ads.<layer>`` (:mod:`adsrt.export.swap_split`). The backend keeps a torch copy of the
+convolution ``ads.<layer>`` (:mod:`adsrt.runtime.refit`, written by :mod:`adsrt.export.swap_split`). The backend keeps a torch copy of the
 masked layers' full weights in an ADS arena (:func:`adsrt.kernels.ads_layout.build_ads_layout`, dtype of
 the engine's refit weights), one device buffer per refit name, and one long-lived ``trt.Refitter``
 (``weights_validation = False``) to which each buffer is registered once with
 ``set_named_weights(name, trt.Weights(dtype, ptr, count), trt.TensorLocation.DEVICE)``. Then
 ``update(c)`` is: fused ADS update of the arena (:func:`adsrt.kernels.ads_update.ads_update`, no host
 sync) -> gather the refittable rows into the registered buffers
-(:func:`adsrt.export.swap_split.gather_refit_weights`) -> ``refit_cuda_engine_async`` on the inference
+(:func:`adsrt.runtime.refit.gather_refit_weights`) -> ``refit_cuda_engine_async`` on the inference
 stream (refitting while inference is pending on another stream is undefined, so everything shares
 one). Missing weights (``get_missing_weights``) or unknown names fail at load with the list. The first
 refit is ~100x slower than the next ones, so the backend pre-warms at load.

@@ -1,4 +1,7 @@
-"""`adsrt bench latency` and the benchmark's pieces (a tiny model, a few frames: not a timing test)."""
+"""`adsrt bench latency` and the benchmark's pieces (a tiny model, a few frames: not a timing test).
+
+The runs use one torch thread: on the small shared machines that run the tests, two threads make a tiny
+model ~100x slower (they spin waiting for each other)."""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ import json
 import pytest
 import torch
 
-from adsrt.bench.latency import CSV_COLUMNS, LatencyBenchConfig, run_latency_benchmark, upsert_csv
+from adsrt.bench.latency import CSV_COLUMNS, CSV_KEY, LatencyBenchConfig, run_latency_benchmark
 from adsrt.cli import main
 from adsrt.errors import AdsrtError
+from adsrt.fileio import upsert_csv
 
 ROW_KEYS = {"backend", "mode", "height", "width", "p50_ms", "p90_ms", "p99_ms", "ads_overhead_frac"}
 
@@ -18,7 +22,7 @@ ROW_KEYS = {"backend", "mode", "height", "width", "p50_ms", "p90_ms", "p99_ms", 
 def test_cli_bench_latency_writes_the_stable_json(tmp_path, capsys):
     out = tmp_path / "latency.json"
     argv = ["-q", "bench", "latency", "--device", "cpu", "--json", str(out), "--backbone", "nafnet-tiny", "--sizes",
-            "480p", "--iters", "2", "--backends", "torch,tensorrt"]
+            "480p", "--iters", "2", "--backends", "torch,tensorrt", "--threads", "1"]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     assert set(report) == {"device", "rows"} and "threads" in report["device"]
@@ -36,15 +40,15 @@ def test_cli_bench_latency_writes_the_stable_json(tmp_path, capsys):
 
 def test_rows_and_csv(tmp_path):
     result = run_latency_benchmark(LatencyBenchConfig(backbone="nafnet-tiny", device="cpu", backends=("torch",), modes=("um", "swap"),
-                                                      sizes=("480p",), iters=2, min_iters=1, progress=False))
+                                                      sizes=("480p",), iters=2, min_iters=1, threads=1, progress=False))
     rows = result.csv_rows()
     assert [r["mode"] for r in rows] == ["um", "swap"] and all(set(r) <= set(CSV_COLUMNS) for r in rows)
     assert rows[0]["over_um_frac"] == "0.0000" and float(rows[1]["ads_overhead_frac"]) > 0
     swap = result.rows[1]
     assert set(swap.stages_ms) == {"decode", "classify", "update", "restore", "encode"} and swap.iters == 2
     path = tmp_path / "latency.csv"
-    upsert_csv(path, rows)
-    upsert_csv(path, [{**rows[1], "p50_ms": "1.00"}])  # same key: replaced, not appended
+    upsert_csv(path, rows, key=CSV_KEY, columns=CSV_COLUMNS)
+    upsert_csv(path, [{**rows[1], "p50_ms": "1.00"}], key=CSV_KEY, columns=CSV_COLUMNS)  # same key: replaced
     with path.open(newline="") as fh:
         stored = list(csv.DictReader(fh))
     assert [(r["mode"], r["p50_ms"]) for r in stored] == [("um", rows[0]["p50_ms"]), ("swap", "1.00")]

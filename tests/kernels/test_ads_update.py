@@ -19,7 +19,7 @@ from adsrt.ads import apply_ads
 from adsrt.errors import AdsrtError
 from adsrt.kernels import ads_update as ads_update_module
 from adsrt.kernels.ads_layout import build_ads_layout
-from adsrt.kernels.ads_update import HAS_TRITON, ads_update, ads_update_from_logits, resolve_backend
+from adsrt.kernels.ads_update import HAS_TRITON, ads_update, resolve_backend
 
 DTYPES = [
     pytest.param(torch.float32, 1e-6, 1e-5, id="fp32"),
@@ -103,43 +103,16 @@ def test_model_output_equals_reference_apply_ads(make_bundle, granularity, backe
             assert (out - um_out).abs().max() > 1e-4  # the update does reach the output
 
 
-# ------------------------------------------------------------------------------- classifier-weighted fusion
-
-
-@pytest.mark.parametrize("temperature, ema", [(1.0, 0.0), (0.5, 0.8), (2.0, 0.3)])
-def test_logits_softmax_and_ema_match_reference(temperature, ema, backend, device, make_case, dense_reference):
-    k = 3
-    model, source = make_case("many", k, "filter")
-    layout = build_ads_layout(model, source, device=device)
-    state = layout.new_ema_state()
-    gen = torch.Generator().manual_seed(1)
-    previous = None
-    for step in range(5):
-        logits = 3 * torch.randn(k + 1, generator=gen)
-        if step == 2:
-            logits[k] = 30.0  # "clean" wins: the new probabilities contribute ~nothing
-        if step == 4:
-            logits = logits.half()  # a half-precision classifier
-        p = torch.softmax(logits.double() / temperature, 0)[:k]
-        c = p if previous is None else ema * previous + (1 - ema) * p
-        ads_update_from_logits(layout, logits.to(device), state, temperature, ema, backend=backend)
-        torch.testing.assert_close(state.cpu(), torch.cat([c, torch.ones(1, dtype=c.dtype)]).float(), atol=1e-6, rtol=1e-5)
-        assert_weights(layout, dense_reference(model, source, c.tolist()), 1e-5, 1e-5)
-        previous = c
-
-
-def test_no_masked_units_is_a_no_op_but_logits_still_update_the_state(backend, device, make_case):
+def test_no_masked_units_is_a_no_op_but_bad_c_is_still_refused(backend, device, make_case):
     model, source = make_case("one_odd_conv", 2, "kernel")
     source.deltas = {"d0": {}, "d1": {}}
     layout = build_ads_layout(model, source, device=device)
     assert layout.n_union == 0 and layout.n_entries == 0
     before = layout.arena.clone()
     ads_update(layout, torch.tensor([0.5, 0.5], device=device), backend=backend)
-    state = layout.new_ema_state()
-    ads_update_from_logits(layout, torch.tensor([2.0, 0.0, 0.0], device=device), state, backend=backend)
-    assert torch.equal(layout.arena, before)
-    torch.testing.assert_close(state[:2].cpu(), torch.softmax(torch.tensor([2.0, 0.0, 0.0]), 0)[:2])
-    assert state[2].item() == 1.0
+    assert torch.equal(layout.arena, before) and not layout.refused()
+    ads_update(layout, torch.tensor([float("nan"), 0.5], device=device), backend=backend, validate=False)
+    assert torch.equal(layout.arena, before) and layout.refused()  # the Triton grid keeps one program
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -183,46 +156,6 @@ def test_non_finite_coefficients_are_refused_and_weights_untouched(bad, backend,
     layout.clear_refused()
     ads_update(layout, torch.tensor([0.0, 1.0, 0.0], device=device), backend=backend, validate=False)
     assert not layout.refused() and not torch.equal(layout.arena, before)
-
-
-def test_non_finite_logits_leave_weights_and_state_untouched(backend, device, bound_layout):
-    layout = bound_layout
-    state = layout.new_ema_state()
-    ads_update_from_logits(layout, torch.tensor([1.0, 2.0, 0.0, 0.5], device=device), state, ema=0.5, backend=backend)
-    weights, smoothed = layout.arena.clone(), state.clone()
-    bad = torch.tensor([1.0, float("nan"), 0.0, 0.5], device=device)
-    with pytest.raises(AdsrtError, match="finite"):
-        ads_update_from_logits(layout, bad, state, ema=0.5, backend=backend)
-    ads_update_from_logits(layout, bad, state, ema=0.5, backend=backend, validate=False)
-    assert torch.equal(layout.arena, weights) and torch.equal(state, smoothed) and layout.refused()
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"temperature": 0.0}, "temperature"),
-        ({"temperature": float("nan")}, "temperature"),
-        ({"ema": 1.0}, "ema"),
-        ({"ema": -0.1}, "ema"),
-    ],
-)
-def test_bad_temperature_or_ema_is_refused(kwargs, match, make_case):
-    model, source = make_case("one_odd_conv", 3, "kernel")
-    layout = build_ads_layout(model, source)
-    with pytest.raises(AdsrtError, match=match):
-        ads_update_from_logits(layout, torch.zeros(4), layout.new_ema_state(), **kwargs)
-
-
-@pytest.mark.parametrize(
-    "state", [torch.zeros(3), torch.zeros(4, dtype=torch.float64), torch.zeros(4, device="meta"), torch.zeros(8)[::2]]
-)
-def test_bad_ema_state_is_refused(state, make_case):
-    model, source = make_case("one_odd_conv", 3, "kernel")
-    layout = build_ads_layout(model, source)
-    with pytest.raises(AdsrtError, match="state must be"):
-        ads_update_from_logits(layout, torch.zeros(4), state)
-    with pytest.raises(AdsrtError, match="expected 4 logit"):
-        ads_update_from_logits(layout, torch.zeros(3), layout.new_ema_state())
 
 
 @pytest.mark.parametrize("unbind", ["new_parameter", "model_to_double"])
@@ -277,22 +210,12 @@ def test_sync_free_torch_path_refuses_on_the_device(make_case, dense_reference):
     update = ads_update_module._torch_update
     model, source = make_case("many", 3, "kernel")
     layout = build_ads_layout(model, source)
-    update(layout, torch.tensor([0.2, 0.3, 0.5]), None, 1.0, 0.0, device_checks=True)
+    update(layout, torch.tensor([0.2, 0.3, 0.5]), device_checks=True)
     assert_weights(layout, dense_reference(model, source, [0.2, 0.3, 0.5]), 1e-6, 1e-5)
     before = layout.arena.clone()
-    update(layout, torch.tensor([float("nan"), 0.0, 0.0]), None, 1.0, 0.0, device_checks=True)
+    update(layout, torch.tensor([float("nan"), 0.0, 0.0]), device_checks=True)
     assert torch.equal(layout.arena, before) and layout.refused()
     layout.clear_refused()
-
-    state = layout.new_ema_state()
-    logits = torch.tensor([1.0, 2.0, 0.0, 0.5])
-    update(layout, logits, state, 2.0, 0.7, device_checks=True)  # inverse temperature 2
-    p = torch.softmax(logits * 2.0, 0)[:3]
-    torch.testing.assert_close(state, torch.cat([p, torch.ones(1)]))
-    assert_weights(layout, dense_reference(model, source, p.tolist()), 1e-5, 1e-5)
-    weights, smoothed = layout.arena.clone(), state.clone()
-    update(layout, torch.tensor([1.0, float("inf"), 0.0, 0.5]), state, 2.0, 0.7, device_checks=True)
-    assert torch.equal(layout.arena, weights) and torch.equal(state, smoothed) and layout.refused()
 
 
 # ----------------------------------------------------------------------------------------------- GPU only
@@ -305,7 +228,6 @@ def test_classifier_update_restorer_capture_in_one_cuda_graph(make_bundle):
     bundle = make_bundle(q=0.1)
     model, reference = bundle.build_um().cuda(), bundle.build_um()
     layout = build_ads_layout(model, bundle)
-    state = layout.new_ema_state()
     logits = torch.zeros(4, device="cuda")
     x = torch.rand(1, 3, 32, 32, device="cuda")
     with torch.no_grad():
@@ -313,12 +235,12 @@ def test_classifier_update_restorer_capture_in_one_cuda_graph(make_bundle):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                ads_update_from_logits(layout, logits, state, validate=False)
+                ads_update(layout, torch.softmax(logits, 0)[:3], validate=False)
                 model(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            ads_update_from_logits(layout, logits, state, 1.0, 0.0, validate=False)
+            ads_update(layout, torch.softmax(logits, 0)[:3], validate=False)  # the runtime's classifier step
             out = model(x)
         for values in ([3.0, 0.0, -1.0, 0.0], [0.0, 0.0, 4.0, 1.0]):
             logits.copy_(torch.tensor(values))

@@ -65,6 +65,7 @@ def test_output_is_the_reference_model_on_the_classifier_c(trained_bundle, clean
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01, mode
 
 
+@pytest.mark.slow  # ~35 s on 2 cores: backend auto is ONNX Runtime here, which exports the graphs first
 def test_swap_and_branch_agree_on_a_synthetic_bundle_with_big_deltas(make_bundle, clean_photo):
     bundle = make_bundle(granularity="filter")
     outs = [Restorer(bundle, RestorerConfig(mode=m, device="cpu")).restore(clean_photo) for m in ("swap", "branch")]

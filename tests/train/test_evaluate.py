@@ -25,14 +25,8 @@ def to_image(tensor: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("clean")
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        image = cv2.resize(getattr(data, name)(), (72, 56), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"{name}.png"), image[:, :, ::-1])
-    return folder
+def photos(photo_folder) -> Path:
+    return photo_folder(72, 56)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import pytest
 
 from adsrt.bundle import load_bundle, summarize
@@ -13,14 +12,8 @@ from adsrt.cli import main
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        image = cv2.resize(getattr(data, name)(), (80, 64), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"{name}.png"), image[:, :, ::-1])
-    return folder
+def photos(photo_folder) -> Path:
+    return photo_folder(80, 64)
 
 
 def test_train_all_tiny_end_to_end(photos, tmp_path, capsys):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import pytest
 import torch
 
@@ -20,15 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    """Four small real photos (scikit-image), written as PNG."""
-    from skimage import data
-
-    folder = tmp_path_factory.mktemp("photos")
-    for name in ("astronaut", "coffee", "chelsea", "rocket"):
-        image = cv2.resize(getattr(data, name)(), (96, 72), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"{name}.png"), image[:, :, ::-1])
-    return folder
+def photos(photo_folder) -> Path:
+    return photo_folder(96, 72)
 
 
 def _config(photos: Path, out: Path, **kw) -> UMConfig:

@@ -1,10 +1,11 @@
-"""benchmarks/bench_default.py: confusion matrix, real-photo table, verdicts, one end-to-end run (tiny bundle)."""
+"""adsrt.bench.default_report (benchmarks/bench_default.py): confusion matrix, real-photo table, verdicts,
+one end-to-end run (tiny bundle), and the thin script's command line."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,21 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-import adsrt
+from adsrt.bench import default_report
 from adsrt.bundle import save_bundle
+from adsrt.runtime.restorer import load
 from adsrt.train.evaluate import evaluate_cases, synthetic_cases
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_default.py"
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "bench_default.py"
+LOGGER = default_report.__name__
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_default", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_default"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("bench_default", None)
+    return default_report
 
 
 @pytest.fixture(scope="module")
@@ -81,14 +80,14 @@ def test_confusion_diagonal_is_evaluate_accuracy(bench, make_bundle, photos):
 
 def test_real_photos_match_the_runtime_and_skip_unknown_folders(bench, make_bundle, real, caplog):
     bundle = make_bundle(degradations=("noise", "blur"))
-    with caplog.at_level(logging.INFO, logger="bench_default"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         result = bench.classify_real(bundle, real, torch.device("cpu"), progress=False)
     assert result["skipped"] == ["fog"] and "skipping fog/" in caplog.text
     assert list(result["folders"]) == ["noise"]
     row = result["folders"]["noise"]
     assert row["n"] == 2 and sum(row["top_guesses"].values()) == 2
     assert row["hit_share"] == row["top_guesses"]["noise"] / 2
-    restorer = adsrt.load(bundle, backend="torch", device="cpu")
+    restorer = load(bundle, backend="torch", device="cpu")
     runtime = [restorer.classify(cv2.imread(str(p))[:, :, ::-1].copy()) for p in sorted((real / "noise").iterdir())]
     assert row["mean_probability"] == pytest.approx(np.mean([p["noise"] for p in runtime]), abs=1e-6)
 
@@ -133,6 +132,15 @@ def test_end_to_end_writes_every_output_and_reuses_its_cache(bench, make_bundle,
     report = (out / "default_report.md").read_text()
     assert "## Classifier confusion" in report and "| noise | 2 |" in report and "`fog/`" in report
     assert "ADS > UM (PSNR) on every degradation" in capsys.readouterr().out
-    with caplog.at_level(logging.INFO, logger="bench_default"):
+    with caplog.at_level(logging.INFO, logger=LOGGER):
         bench.main(argv)
     assert "from the cache" in caplog.text
+
+
+def test_the_thin_script_runs_the_package_main():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--max-images" in done.stdout
+    # --out defaults to benchmarks/results next to the script (argparse may wrap the path: compare unwrapped)
+    assert "".join(str(ROOT / "benchmarks" / "results").split()) in "".join(done.stdout.split())
