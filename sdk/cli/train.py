@@ -258,9 +258,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--degradations", type=_csv)
-    _options(p, int, "--input-size", "--width", "--depth", "--crop-size", "--steps", "--batch-size",
-             "--val-samples", "--workers", "--seed")
+    _options(p, int, "--input-size", "--width", "--depth", "--crop-size", "--steps", "--batch-size")
     _options(p, float, "--lr", "--clean-fraction")
+    _options(p, int, "--val-samples", "--workers", "--seed")
     _options(p, str, "--device")
     p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
     p.set_defaults(func=cmd_classifier)
