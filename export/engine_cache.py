@@ -316,7 +316,7 @@ def build_or_load_engine(
     deserialize: Callable[[bytes, Path], Any] | None = None,
 ) -> LoadedEngine:
     """The engine of ``onnx_path`` built with ``config``: from ``cache`` when a matching entry exists,
-    else built (:func:`adsrt.runtime.tensorrt_engine.build_engine`), stored and deserialized.
+    else built (:func:`adsrt.export.tensorrt_build.build_engine`), stored and deserialized.
 
     ``bundle``: an :class:`adsrt.bundle.Bundle` or its digest (hex string). ``rebuild=True`` deletes the
     entry first (the way out of a :class:`CorruptEngineError`). ``environment`` (TensorRT version and

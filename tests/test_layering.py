@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11+")
+try:
+    import tomllib
+except ImportError:  # Python 3.10: the same parser as a package
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs Python 3.11+ or tomli")
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -55,3 +55,5 @@ def test_console_script_is_declared(wheel, wheel_names):
     with zipfile.ZipFile(wheel) as zf:
         text = zf.read(entry).decode()
     assert "[console_scripts]" in text and "adsrt = adsrt.cli:main" in text
+    # the runtime's one door into the exporter (adsrt.runtime.artifacts) is this entry point
+    assert "[adsrt.artifacts]" in text and "export = adsrt.export.artifacts:provide" in text

@@ -132,5 +132,5 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--max-shape", type=_shape, default=(1, 1088, 1920), metavar="BxHxW")
     g.add_argument("--workspace-mb", type=int, default=1024)
     g.add_argument("--cache-dir", metavar="DIR", help="engine cache root (default $ADSRT_CACHE_DIR or ~/.cache/adsrt)")
-    g.add_argument("--rebuild", action="store_true", help="rebuild even if the cache has the engine (e.g. corrupt)")
+    g.add_argument("--rebuild", action="store_true", help="export the graph and build the engine again even if cached (e.g. corrupt)")
     p.set_defaults(func=cmd_export)

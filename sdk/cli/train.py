@@ -30,37 +30,33 @@ def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-_RESTORER_OPTS = ("steps", "batch_size", "crop_size", "lr", "min_lr", "warmup_steps", "weight_decay", "loss",
-                  "ema_decay", "grad_clip", "val_every", "val_samples", "ckpt_every", "samples_per_epoch", "workers",
-                  "seed", "device")
-
-
-# The restorer trainer's numeric options: (flag, type, help); TrainerConfig documents each field.
-_TRAINER_NUMBERS = (
-    ("--steps", int, "optimizer steps (cosine schedule over them)"),
-    ("--batch-size", int, "batch size per process"),
-    ("--crop-size", int, "training crop size in px"),
-    ("--lr", float, "peak learning rate (AdamW)"),
-    ("--min-lr", float, "learning rate at the end of the cosine"),
-    ("--warmup-steps", int, "linear warmup steps"),
-    ("--weight-decay", float, None),
-    ("--ema-decay", float, "EMA decay of the weights that are validated and saved"),
-    ("--grad-clip", float, "max gradient norm (0: off)"),
-    ("--val-every", int, "validate every N steps"),
-    ("--val-samples", int, "held-out crops for validation"),
-    ("--ckpt-every", int, "checkpoint every N steps"),
-    ("--samples-per-epoch", int, None),
-    ("--workers", int, "data loader workers per process"),
+# The restorer trainer's options after --data/--out: (flag, add_argument keywords); TrainerConfig documents
+# each field. Unset options keep the config's defaults (see _given).
+_TRAINER_OPTIONS = (
+    ("--steps", dict(type=int, help="optimizer steps (cosine schedule over them)")),
+    ("--batch-size", dict(type=int, help="batch size per process")),
+    ("--crop-size", dict(type=int, help="training crop size in px")),
+    ("--lr", dict(type=float, help="peak learning rate (AdamW)")),
+    ("--min-lr", dict(type=float, help="learning rate at the end of the cosine")),
+    ("--warmup-steps", dict(type=int, help="linear warmup steps")),
+    ("--weight-decay", dict(type=float)),
+    ("--loss", dict(choices=("l1", "psnr"))),
+    ("--ema-decay", dict(type=float, help="EMA decay of the weights that are validated and saved")),
+    ("--grad-clip", dict(type=float, help="max gradient norm (0: off)")),
+    ("--val-every", dict(type=int, help="validate every N steps")),
+    ("--val-samples", dict(type=int, help="held-out crops for validation")),
+    ("--ckpt-every", dict(type=int, help="checkpoint every N steps")),
+    ("--samples-per-epoch", dict(type=int)),
+    ("--workers", dict(type=int, help="data loader workers per process")),
+    ("--seed", dict(type=int)),
 )
 
 
 def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors, last.pt, log.csv)")
-    for flag, kind, text in _TRAINER_NUMBERS:
-        p.add_argument(flag, type=kind, help=text)
-    p.add_argument("--loss", choices=("l1", "psnr"))
-    p.add_argument("--seed", type=int)
+    for flag, keywords in _TRAINER_OPTIONS:
+        p.add_argument(flag, **keywords)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
@@ -68,7 +64,8 @@ def _add_trainer_options(p: argparse.ArgumentParser) -> None:
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kw = _given(args, _RESTORER_OPTS + ("amp", "resume"))
+    names = tuple(flag[2:].replace("-", "_") for flag, _ in _TRAINER_OPTIONS)
+    kw = _given(args, (*names, "device", "amp", "resume"))
     return {**kw, "data": args.data, "out": args.out, "progress": not args.quiet}
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from adsrt.errors import BackendError
 
-__all__ = ["ARTIFACT_KINDS", "ENTRY_POINT_GROUP", "cache_root", "exported"]
+__all__ = ["ARTIFACT_KINDS", "ENTRY_POINT_GROUP", "cache_root", "exported", "exporter_unavailable_reason"]
 
 ARTIFACT_KINDS = ("onnx", "tensorrt")
 ENTRY_POINT_GROUP = "adsrt.artifacts"
@@ -38,20 +38,30 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """Where exported graphs and engines are cached: ``cache_dir``, else ``$ADSRT_CACHE_DIR``, else
     ``~/.cache/adsrt``."""
     if cache_dir is not None:
-        return Path(cache_dir)
+        return Path(cache_dir).expanduser()
     env = os.environ.get("ADSRT_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "adsrt"
 
 
-@cache
-def _provider():
+def exporter_unavailable_reason() -> str | None:
+    """Why :func:`exported` cannot export here (no or several providers registered), or None. Cheap: the
+    provider is not imported (``backend="auto"`` asks this before choosing an engine backend)."""
     found = list(entry_points(group=ENTRY_POINT_GROUP))
     if not found:
-        raise BackendError(f"no exporter is installed (entry point group {ENTRY_POINT_GROUP!r} is empty): "
-                           "install adsrt with its export extra, pip install 'adsrt[export]'")
+        return (f"no exporter is installed (entry point group {ENTRY_POINT_GROUP!r} is empty): reinstall adsrt "
+                "with its export extra, pip install 'adsrt[export]'")
     if len(found) > 1:
         names = ", ".join(sorted(f"{ep.name} = {ep.value}" for ep in found))
-        raise BackendError(f"more than one exporter is registered under {ENTRY_POINT_GROUP!r}: {names}")
+        return f"more than one exporter is registered under {ENTRY_POINT_GROUP!r}: {names}"
+    return None
+
+
+@cache
+def _provider():
+    reason = exporter_unavailable_reason()
+    if reason is not None:
+        raise BackendError(reason)
+    found = list(entry_points(group=ENTRY_POINT_GROUP))
     try:
         return found[0].load()
     except ImportError as exc:

@@ -30,7 +30,7 @@ from torch import Tensor
 from adsrt.errors import BackendError
 from adsrt.kernels.ads_layout import build_ads_layout
 from adsrt.kernels.ads_update import ads_update, resolve_backend
-from adsrt.runtime.artifacts import exported
+from adsrt.runtime.artifacts import exported, exporter_unavailable_reason
 from adsrt.runtime.backends import MODES, Backend, resolve_device
 from adsrt.runtime.onnx_graph import GRAPH_PRECISIONS, expose_initializers, graph_metadata, load_onnx
 from adsrt.runtime.refit import gather_refit_weights, swap_rows
@@ -46,7 +46,7 @@ def onnxruntime_unavailable_reason() -> str | None:
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install 'adsrt[export]')"
-    return None
+    return exporter_unavailable_reason()  # graphs come from the exporter on first use
 
 
 class OnnxRuntimeBackend(Backend):

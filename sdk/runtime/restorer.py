@@ -251,9 +251,11 @@ class Restorer:
 
         ``force`` (a degradation name, or ``"clean"`` for c = 0) overrides :attr:`RestorerConfig.force`
         for this call only: the classifier is skipped and ``c`` is that one-hot (evaluation's oracle c)."""
-        if force is None or self.config.mode == "um":
+        if force is None:
             return self._run(image, temporal=False)
         self._check_force(force)
+        if self.config.mode == "um":  # the UM alone: c is 0 whatever is forced, as with RestorerConfig.force
+            return self._run(image, temporal=False)
         return self._run(image, temporal=False, forced=self._one_hot(force))
 
     def step(self, frame: np.ndarray) -> np.ndarray:

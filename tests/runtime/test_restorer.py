@@ -95,6 +95,27 @@ def test_force_skips_the_classifier(trained_bundle, clean_photo, noisy):
         adsrt.load(trained_bundle, device="cpu", force="rain")
 
 
+def test_restore_force_overrides_the_classifier_for_one_call(trained_bundle, clean_photo, noisy):
+    """``restore(image, force=...)`` (what eval's oracle uses) equals a restorer configured with that force,
+    for that call only; bad names are refused in every mode."""
+    degraded = noisy(clean_photo)
+    restorer = adsrt.load(trained_bundle, backend="torch", device="cpu")
+    auto = restorer.restore(degraded)
+    p = restorer.last.probabilities
+    for name in ("noise", "blur", "clean"):
+        configured = adsrt.load(trained_bundle, backend="torch", device="cpu", force=name).restore(degraded)
+        np.testing.assert_array_equal(restorer.restore(degraded, force=name), configured)
+        assert restorer.last.probabilities is None
+        assert restorer.last.c == {d: float(d == name) for d in ("noise", "blur")}
+    np.testing.assert_array_equal(restorer.restore(degraded), auto)  # the classifier is back
+    assert restorer.last.probabilities == pytest.approx(p)
+    um = adsrt.load(trained_bundle, backend="torch", device="cpu", mode="um")
+    np.testing.assert_array_equal(um.restore(degraded, force="noise"), um.restore(degraded))  # um: c is 0
+    for r in (restorer, um):
+        with pytest.raises(AdsrtError, match="cannot force 'rain'"):
+            r.restore(degraded, force="rain")
+
+
 def test_stream_smooths_c_and_restarts_at_a_scene_cut(trained_bundle, clean_photo, noisy):
     import cv2
     from skimage import data
