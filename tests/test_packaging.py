@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -10,14 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"sdk": "adsrt", "kernels": "adsrt/kernels", "export": "adsrt/export", "train": "adsrt/train"}
+FOLDERS = {"sdk": "adsrt", "kernels": "adsrt/kernels", "export": "adsrt/export", "train": "adsrt/train"}  # and sdk/*/
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of the sources: an in-tree build leaves build/ and adsrt.egg-info/ in the checkout,
+    # and that egg-info would shadow the installed metadata (version, entry points) for Python run from there.
+    src = tmp_path_factory.mktemp("src") / "adsrt"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info",
+                                                             "__pycache__", ".pytest_cache", ".ruff_cache"))
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", str(out), str(src)],
         check=True,
         capture_output=True,
         cwd=tmp_path_factory.mktemp("cwd"),
