@@ -58,16 +58,10 @@ __all__ = [
     "LoadedEngine",
     "build_or_load_engine",
     "check_onnx_matches",
-    "default_cache_root",
     "file_sha256",
 ]
 
 ENGINE_CACHE_FORMAT = 1  # bump when the layout of cached engines or of their sidecars changes
-
-
-def default_cache_root() -> Path:
-    """``$ADSRT_CACHE_DIR``, else ``~/.cache/adsrt`` (:func:`adsrt.runtime.artifacts.cache_root`)."""
-    return cache_root()
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -192,10 +186,10 @@ class LoadedEngine:
 
 
 class EngineCache:
-    """Cached engines under ``root / "engines"`` (``root``: :func:`default_cache_root` when None)."""
+    """Cached engines under ``root / "engines"`` (``root``: :func:`adsrt.runtime.artifacts.cache_root`)."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root).expanduser() if root is not None else default_cache_root()
+        self.root = cache_root(root)
         self.dir = self.root / "engines"
 
     def __repr__(self) -> str:

@@ -52,6 +52,8 @@ from torch import Tensor, nn
 from adsrt.errors import AdsrtError, OutputError
 from adsrt.export.swap_split import to_swap_split
 from adsrt.fileio import check_writable_folder
+from adsrt.runtime.backends import PRECISIONS
+from adsrt.runtime.onnx_graph import GRAPH_PRECISIONS
 from adsrt.runtime.refit import SPLIT_MAX, SwapRows
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ __all__ = [
 ]
 
 EXPORT_MODES = ("swap", "branch", "um", "classifier")
-EXPORT_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+EXPORT_PRECISIONS = {name: PRECISIONS[name] for name in GRAPH_PRECISIONS}  # graphs are fp32 or fp16 inside
 MIN_SIDE, MAX_SIDE, MAX_BATCH = 16, 8192, 64
 _ADS_PARAM = "ads_weight"
 

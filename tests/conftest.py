@@ -63,6 +63,17 @@ def bundle_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def to_image():
+    """``to_image(tensor)``: float 3xHxW in [0, 1] -> RGB uint8 HxWx3, rounded and clipped (how an output is
+    saved), for references computed in plain torch."""
+
+    def convert(tensor: torch.Tensor) -> np.ndarray:
+        return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+    return convert
+
+
+@pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """A real RGB photo (scikit-image's astronaut, 512x512) cropped to 192x256 to keep tests fast."""
     from skimage import data

@@ -28,7 +28,6 @@ from adsrt.export.engine_cache import (
     EngineCacheKey,
     build_or_load_engine,
     check_onnx_matches,
-    default_cache_root,
 )
 from adsrt.runtime.tensorrt_engine import EngineConfig, EngineEnvironment, tensorrt_unavailable_reason
 
@@ -100,10 +99,10 @@ def test_key_for_build_hashes_the_onnx_file(tmp_path):
 
 def test_default_cache_root(monkeypatch, tmp_path):
     monkeypatch.setenv("ADSRT_CACHE_DIR", str(tmp_path / "c"))
-    assert default_cache_root() == tmp_path / "c"
     assert EngineCache().dir == tmp_path / "c" / "engines"
     monkeypatch.delenv("ADSRT_CACHE_DIR")
-    assert default_cache_root() == Path.home() / ".cache" / "adsrt"
+    assert EngineCache().root == Path.home() / ".cache" / "adsrt"
+    assert EngineCache("~/e").root == Path.home() / "e"
 
 
 # -------------------------------------------------------------------------------------------- cache entries

@@ -22,11 +22,6 @@ from adsrt.train.data import to_tensor
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
-    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def psnr(img: np.ndarray, ref: np.ndarray) -> float:
     return peak_signal_noise_ratio(ref, img, data_range=255)
 
@@ -43,7 +38,7 @@ def test_restore_improves_psnr_on_a_noisy_photo(trained_bundle, clean_photo, noi
     assert set(info.c) == {"noise", "blur"} and info.probabilities is not None and info.tiles == 1
 
 
-def test_output_is_the_reference_model_on_the_classifier_c(trained_bundle, clean_photo, noisy):
+def test_output_is_the_reference_model_on_the_classifier_c(trained_bundle, clean_photo, noisy, to_image):
     """Independent reference: softmax of the bundle's classifier -> apply_ads on a fresh UM -> to_image."""
     bundle = load_bundle(trained_bundle)
     degraded = noisy(clean_photo)

@@ -12,11 +12,6 @@ from adsrt.train.data import DegradedImageDataset, PairedImageDataset, find_pair
 from adsrt.train.degradations import degrade
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
-    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 @pytest.fixture
 def clean_dir(tmp_path, photo):
     folder = tmp_path / "clean"
@@ -86,7 +81,7 @@ def test_bad_specs(clean_dir):
         DegradedImageDataset(clean_dir, ["noise"], clean_fraction=1.0)
 
 
-def test_paired_dataset_matches_by_stem(tmp_path, photo):
+def test_paired_dataset_matches_by_stem(tmp_path, photo, to_image):
     deg, clean = tmp_path / "deg", tmp_path / "clean"
     deg.mkdir(), clean.mkdir()
     for i, name in enumerate(["x", "y"]):

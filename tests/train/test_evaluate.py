@@ -19,11 +19,6 @@ from adsrt.train.degradations import degrade, keyed_rng
 from adsrt.train.evaluate import EvalConfig, evaluate, evaluate_cases, synthetic_cases
 
 
-def to_image(tensor: torch.Tensor) -> np.ndarray:
-    """float 3xHxW in [0, 1] -> RGB uint8 HxWx3 (rounded, clipped): how an output is saved."""
-    return tensor.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 @pytest.fixture(scope="module")
 def photos(photo_folder) -> Path:
     return photo_folder(72, 56)
@@ -43,7 +38,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(peak_signal_noise_ratio(b, a, data_range=255))
 
 
-def test_eval_clean_folder_matches_independent_scores(trained, photos, tmp_path, capsys):
+def test_eval_clean_folder_matches_independent_scores(trained, photos, tmp_path, capsys, to_image):
     bundle_path, work = trained
     out = tmp_path / "eval.json"
     argv = ["-q", "eval", str(bundle_path), "--clean", str(photos), "--degradations", "noise:25,blur",
