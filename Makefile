@@ -10,7 +10,7 @@ EXTRAS ?= dev,export,gpu
 TRITON_INTERPRET ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 0 || echo 1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test check lint wheel clean-venv
+.PHONY: demo test check gpu-check lint wheel clean-venv
 
 $(BIN)/.adsrt-installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ check: lint
 
 demo: $(BIN)/.adsrt-installed
 	$(BIN)/adsrt demo
+
+# The one-call check for a lent NVIDIA GPU (minutes; a log and CSV rows in benchmarks/results/gpu_check/).
+# Without a GPU it says so and exits 2; `$(BIN)/python benchmarks/gpu_check.py --dry-run` runs its logic on the CPU.
+gpu-check: $(BIN)/.adsrt-installed
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: $(BIN)/.adsrt-installed
 	$(BIN)/ruff check sdk kernels export train tests benchmarks docs

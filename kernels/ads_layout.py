@@ -50,9 +50,15 @@ and adding fp16 products would lose most of the delta's bits (fp16 keeps 11). Su
 rounding once when storing gives exactly ``round(W_um + sum_d c_d delta_d)``, the reference
 :func:`adsrt.ads.apply_ads` followed by a cast, for every arena dtype.
 
-*Why ``column`` is int32.* torch's CSR matrix (the CPU path runs ``addmv`` on this same table) wants
-int32/int64 column indices; int8 would save 3 B per entry, 0.3 MB per update at the setting above, i.e.
-< 0.1 us on an H200.
+*Why ``column`` is int32.* The torch path gathers ``c[column]`` with ``index_select``, which takes int32
+or int64 indices; int8 would save 3 B per entry, 0.3 MB per update at the setting above, i.e. < 0.1 us
+on an H200.
+
+*Torch-path helpers.* The torch path (:func:`adsrt.kernels.ads_update.ads_update` with
+``backend="torch"``) scatters with int64 indices, so the build also keeps ``offsets_long`` [U] and
+``entry_rows`` [E] (the CSR row of every entry, ``row_ptr`` expanded): 8 B more per union value and
+per entry, computed once here so that an update allocates nothing of data-dependent size and never
+synchronises. The Triton kernel reads neither.
 
 **Caveats.** ``model.to(...)``, ``model.half()`` or assigning a new ``weight`` replaces the parameter's
 storage and silently unbinds it from the arena; :meth:`AdsLayout.is_bound` detects this (the update
@@ -63,7 +69,6 @@ clone them before saving with safetensors (which refuses shared storage).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -129,10 +134,11 @@ class AdsLayout:
     # Sticky int32 flag: set on the device when an unvalidated update was refused (non-finite input).
     refused_flag: torch.Tensor
     modules: dict[str, nn.Module] = field(repr=False)
-    # torch-path helpers derived from the table above (index_copy_ needs int64; addmv wants a CSR
-    # matrix, which aliases row_ptr/column/delta): 8 more bytes per union value, no extra traffic
+    # torch-path helpers derived from the table above, once at build time (index_copy_ and scatter_add_
+    # want int64): ``offsets_long`` [U] and ``entry_rows`` [E], the CSR row of every entry (row_ptr
+    # expanded). 8 more bytes per union value and per entry; the Triton kernel reads neither.
     offsets_long: torch.Tensor = field(init=False, repr=False)
-    matrix: torch.Tensor = field(init=False, repr=False)
+    entry_rows: torch.Tensor = field(init=False, repr=False)
     _bindings: list = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -143,11 +149,11 @@ class AdsLayout:
             for name, module in self.modules.items()
         ]
         self.offsets_long = self.offsets.long()
-        with warnings.catch_warnings():  # "sparse CSR support is in beta": addmv on CSR is long stable
-            warnings.simplefilter("ignore", UserWarning)
-            self.matrix = torch.sparse_csr_tensor(
-                self.row_ptr, self.column, self.delta, (self.n_union, self.k), check_invariants=True
-            )
+        lengths = self.row_ptr[1:].long() - self.row_ptr[:-1].long()
+        # output_size: no device-to-host sync to size the result (a build-time cost either way)
+        self.entry_rows = torch.repeat_interleave(
+            torch.arange(self.n_union, device=self.row_ptr.device), lengths, output_size=self.n_entries
+        )
 
     # ----------------------------------------------------------------------------------------- sizes
 

@@ -369,7 +369,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 
 def synthetic_bundle(
-    backbone: str = "nafnet-tiny",
+    backbone: str | NAFNetConfig = "nafnet-tiny",
     degradations: tuple[str, ...] | list[str] = ("noise", "blur", "rain"),
     *,
     q: float = 0.03,
@@ -385,11 +385,12 @@ def synthetic_bundle(
     Each degradation masks ``int(q * eligible units)`` units drawn at random over all layers at once (a
     global ranking like FAIG-SD's, so layers get uneven shares). ``perturb_um`` adds Gaussian noise of
     that scale to every UM parameter, so that NAFNet's zero-initialised layer scales let every layer
-    reach the output.
+    reach the output. ``backbone``: a name in :data:`adsrt.arch.BACKBONES` or a config (e.g. a wide one
+    for a stress test of the fused update).
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    config = BACKBONES[backbone]
+    config = BACKBONES[backbone] if isinstance(backbone, str) else backbone
     model = build_backbone(config)
     if perturb_um:
         with torch.no_grad():

@@ -4,6 +4,7 @@ tests/export. Fixtures used by one folder only live in that folder's conftest.py
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -84,8 +85,6 @@ def photo() -> np.ndarray:
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """Exported graphs and engines go to a per-session folder, never ~/.cache/adsrt."""
-    import os
-
     folder = tmp_path_factory.mktemp("adsrt-cache")
     previous = os.environ.get("ADSRT_CACHE_DIR")
     os.environ["ADSRT_CACHE_DIR"] = str(folder)
@@ -261,9 +260,6 @@ def trt_profile():
 def unwritable_dir(tmp_path):
     """A folder nobody can create files in: a read-only folder, or /sys for root (who writes into read-only
     folders; sysfs refuses new files even to root)."""
-    import os
-    from pathlib import Path
-
     if os.geteuid() == 0:
         if not os.path.isdir("/sys"):
             pytest.skip("running as root without /sys: no unwritable folder to test with")
@@ -274,3 +270,19 @@ def unwritable_dir(tmp_path):
     folder.chmod(0o500)
     yield folder
     folder.chmod(0o700)
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32_in_gpu_tests(request):
+    """GPU tests compare CUDA fp32 with the CPU at fp32 tolerances, but cuDNN convolutions run in TF32 by default
+    (10 mantissa bits): off for every test marked ``gpu``, unless it is also marked ``tf32`` (it then runs with
+    TF32 on, at a tolerance that fits it) or ``ADSRT_TEST_TF32=1`` is set. Both flags are restored afterwards."""
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    keep = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    # ADSRT_TEST_TF32=1: every gpu test with TF32 on (the GPU check's second, informational pass)
+    tf32 = request.node.get_closest_marker("tf32") is not None or os.environ.get("ADSRT_TEST_TF32") == "1"
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = keep

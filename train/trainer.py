@@ -275,6 +275,25 @@ def _trim_csv(path: Path, last_step: int) -> None:
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
+def _check_finite(loss: torch.Tensor, step: int, env: distributed.DistEnv) -> None:
+    """AdsrtError on a non-finite loss, raised by every rank together under DDP.
+
+    Under DDP the ranks agree first (one tiny all-reduce per step): a rank that raised alone would leave
+    the others waiting in the gradient all-reduce until the process-group timeout. One process: no
+    communication, it raises at the first non-finite loss.
+    """
+    finite = bool(torch.isfinite(loss))
+    if not env.distributed:
+        if not finite:
+            raise AdsrtError(f"loss became {float(loss)} at step {step}; lower the learning rate")
+        return
+    bad = distributed.flagged_ranks(not finite, env)
+    if bad:
+        here = "" if finite else f", {float(loss)} here"
+        raise AdsrtError(f"loss became non-finite at step {step} on rank(s) {', '.join(map(str, bad))} of "
+                         f"{env.world_size} (rank {env.rank}{here}); lower the learning rate")
+
+
 StepCallback = Callable[[int, float], None]
 
 
@@ -361,8 +380,7 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
                 output = net(x)
             loss = restoration_loss(output.float(), y, cfg.loss)
-            if not torch.isfinite(loss):
-                raise AdsrtError(f"loss became {float(loss)} at step {step}; lower the learning rate")
+            _check_finite(loss, step, env)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.grad_clip > 0:

@@ -48,6 +48,7 @@ __all__ = [
     "create_backend",
     "resolve_device",
     "smooth_coefficients",
+    "tensorrt_blocker",
 ]
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -227,13 +228,51 @@ def available_backends() -> dict[str, str | None]:
     return {name: cls.unavailable_reason() for name, cls in BACKENDS.items()}
 
 
-def _auto_backend(device) -> str:
-    """TensorRT when it runs here; else torch when the frames go to a CUDA device; else ONNX Runtime
-    (on 2 CPU cores it runs nafnet-small at 480p ~2x faster than torch: benchmarks/results/latency.csv);
-    else torch. Logs the pick and why the others were passed over."""
+def _export_reason() -> str | None:
+    """Why engines cannot be exported here (the export extra or the exporter missing), or None."""
+    import importlib.util
+
+    from adsrt.runtime.artifacts import exporter_unavailable_reason
+
+    missing = [name for name in ("onnx", "onnxscript", "onnxsim") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (pip install 'adsrt[export]')"
+    return exporter_unavailable_reason()
+
+
+def tensorrt_blocker(reason: str | None, *, wants_cuda: bool, precision: str, cuda_graph: bool,
+                     graph: object = None, export_reason: str | None = None) -> str | None:
+    """Why ``auto`` must not pick TensorRT for this request, or None when it can run it: TensorRT itself
+    (``reason``), frames on the CPU, a precision engines do not have (every mode has engines), ``cuda_graph``
+    (it captures the torch backend), or no way to export the engine's graph when no ``graph`` file is given. Pure logic: the
+    availability probes come in as arguments."""
+    from adsrt.runtime.tensorrt_engine import ENGINE_PRECISIONS
+
+    if reason is not None:
+        return reason
+    if not wants_cuda:
+        return "the frames go to the CPU"
+    if precision not in ENGINE_PRECISIONS:
+        return f"engines are {' or '.join(ENGINE_PRECISIONS)}, not {precision}"
+    if cuda_graph:
+        return "cuda_graph captures the torch backend"
+    if graph is None and export_reason is not None:
+        return f"its graphs cannot be exported: {export_reason}"
+    return None
+
+
+def _auto_backend(device, *, precision: str = "fp32", cuda_graph: bool = False, graph: object = None) -> str:
+    """TensorRT where this request runs on it (:func:`tensorrt_blocker`); else torch when the frames go to a
+    CUDA device; else ONNX Runtime (on 2 CPU cores it runs nafnet-small at 480p ~2x faster than torch:
+    benchmarks/results/latency.csv); else torch. Logs the pick and why the others were passed over."""
     reasons = available_backends()
     wants_cuda = device not in (None, "auto", "cpu") or (device in (None, "auto") and torch.cuda.is_available())
-    if reasons["tensorrt"] is None:
+    trt = reasons["tensorrt"]
+    if trt is None:  # only then is the (import-probing) export check worth making
+        trt = tensorrt_blocker(None, wants_cuda=wants_cuda, precision=precision, cuda_graph=cuda_graph, graph=graph,
+                               export_reason=_export_reason())
+    reasons = {**reasons, "tensorrt": trt}
+    if trt is None:
         name = "tensorrt"
     elif wants_cuda:
         name = "torch"
@@ -247,14 +286,14 @@ def _auto_backend(device) -> str:
 
 
 def create_backend(bundle, name: str = "auto", *, device: str | torch.device | None = "auto",
-                   precision: str = "fp32", mode: str = "swap", **options) -> Backend:
+                   precision: str = "fp32", mode: str = "swap", cuda_graph: bool = False, **options) -> Backend:
     """Build backend ``name`` (or the best available one for ``"auto"``) for ``bundle``.
 
     ``options`` go to engine backends only: ``graph`` (an exported ONNX file or TensorRT engine to run
     instead of exporting from the bundle) and ``cache_dir`` (where exported graphs and engines are cached).
     """
     if name == "auto":
-        name = _auto_backend(device)
+        name = _auto_backend(device, precision=precision, cuda_graph=cuda_graph, graph=options.get("graph"))
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
     options = {k: v for k, v in options.items() if v is not None}
@@ -268,8 +307,9 @@ class CudaGraphFrame:
     once as a CUDA graph and replayed per frame (torch backend on CUDA; the fused update then reads c
     from device memory, so nothing synchronises inside the frame).
 
-    ``run(x)`` copies ``x`` into the static input and replays; it returns the static output, c and
-    class probabilities (None when forced) tensors, overwritten by the next replay: copy what you keep. ``state`` is the caller's smoothing
+    ``run(x)`` copies ``x`` into the static input and replays; it returns the static output, c and class
+    probabilities (None when forced) tensors, overwritten by the next replay: copy what you keep. Warm-up,
+    capture and replay run with the backend's device current (cuda:N). ``state`` is the caller's smoothing
     state (see :func:`smooth_coefficients`; None: no smoothing); the graph reads and writes it in place,
     so zeroing it restarts the smoothing. ``forced_c`` (``[1, k]``) skips the classifier.
     """
@@ -283,15 +323,18 @@ class CudaGraphFrame:
         self.state, self.forced_c = state, forced_c
         self.x = torch.zeros(shape, device=backend.device, dtype=backend.dtype)
         saved = None if state is None else state.clone()
-        side = torch.cuda.Stream(backend.device)
-        side.wait_stream(torch.cuda.current_stream(backend.device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(warmup):  # first launches compile kernels and allocate workspaces
-                self._body()
-        torch.cuda.current_stream(backend.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.y, self.c, self.probs = self._body()
+        # torch.cuda.graph captures on the *current* device's stream and Triton launches on the current
+        # device: on cuda:N (N > 0) both must run with that device current, for warm-up, capture and replay.
+        with torch.cuda.device(backend.device):
+            side = torch.cuda.Stream(backend.device)
+            side.wait_stream(torch.cuda.current_stream(backend.device))
+            with torch.cuda.stream(side), torch.no_grad():
+                for _ in range(warmup):  # first launches compile kernels and allocate workspaces
+                    self._body()
+            torch.cuda.current_stream(backend.device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.no_grad():
+                self.y, self.c, self.probs = self._body()
         if saved is not None:
             state.copy_(saved)  # warmup and capture ran the body: put the caller's state back
 
@@ -306,6 +349,7 @@ class CudaGraphFrame:
         return self.backend.restore(self.x), c, probs
 
     def run(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        self.x.copy_(x)
-        self.graph.replay()
+        with torch.cuda.device(self.backend.device):
+            self.x.copy_(x)
+            self.graph.replay()
         return self.y, self.c, self.probs

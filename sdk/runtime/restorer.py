@@ -206,7 +206,8 @@ class Restorer:
             self.temperature = bundle.classifier.temperature if bundle.classifier is not None else 1.0
         self.backend: Backend = create_backend(bundle, config.backend, device=config.device,
                                                precision=config.precision, mode=config.mode,
-                                               graph=config.graph, cache_dir=config.cache_dir)
+                                               cuda_graph=config.cuda_graph, graph=config.graph,
+                                               cache_dir=config.cache_dir)
         self.device = self.backend.device
         if config.mode == "um":
             if config.force is not None:

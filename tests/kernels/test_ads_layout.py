@@ -63,6 +63,8 @@ def test_csr_table_lists_every_masked_value_once_per_degradation(granularity, k,
     lengths = row_ptr[1:] - row_ptr[:-1]
     assert int(lengths.max()) == layout.max_row <= k
     rows = torch.repeat_interleave(torch.arange(layout.n_union), lengths)
+    # the torch path's scatter index, precomputed at build time: the CSR row of every entry
+    assert layout.entry_rows.dtype == torch.int64 and torch.equal(layout.entry_rows, rows)
     assert torch.all((column >= 0) & (column < k))
     same_row = rows[1:] == rows[:-1]
     assert torch.all(column[1:][same_row] > column[:-1][same_row])  # degradations ascend within a row

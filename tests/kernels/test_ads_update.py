@@ -7,19 +7,25 @@ shapes stay small because the interpreter is slow. Backends and devices come fro
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from adsrt.ads import apply_ads
 from adsrt.errors import AdsrtError
 from adsrt.kernels import ads_update as ads_update_module
-from adsrt.kernels.ads_layout import build_ads_layout
+from adsrt.kernels.ads_layout import AdsLayout, build_ads_layout
 from adsrt.kernels.ads_update import HAS_TRITON, ads_update, resolve_backend
+
+INTERPRET = ads_update_module.triton_interpreted()  # how the kernels were compiled (at import)
 
 DTYPES = [
     pytest.param(torch.float32, 1e-6, 1e-5, id="fp32"),
@@ -87,6 +93,19 @@ def test_zeros_give_the_um_and_one_hot_the_target_exactly(backend, device, make_
         assert_weights(layout, dense_reference(model, source, one_hot), 0, 0)
 
 
+def test_fp32_update_rounds_like_the_unfused_reference(backend, device, make_case, dense_reference):
+    """Bit-equal in fp32: each product rounded, then summed in degradation order, as the reference does.
+    The Triton kernel is launched with fused multiply-adds off (an FMA would round once, not twice).
+    The torch path is exact on the CPU (a serial scatter-add in entry order), not on CUDA (atomics may
+    sum a row in another order)."""
+    model, source = make_case("many", 4, "kernel", seed=3)
+    layout = build_ads_layout(model, source, device=device)
+    c = [0.7311, -0.2093, 1.3, 0.0457]
+    ads_update(layout, torch.tensor(c, device=device), backend=backend)
+    exact = backend == "triton" or device.type == "cpu"
+    assert_weights(layout, dense_reference(model, source, c), 0 if exact else 1e-6, 0 if exact else 1e-5)
+
+
 @pytest.mark.parametrize("granularity", ["kernel", "filter"])
 def test_model_output_equals_reference_apply_ads(make_bundle, granularity, backend, device):
     bundle = make_bundle(granularity=granularity, q=0.1)
@@ -107,7 +126,7 @@ def test_no_masked_units_is_a_no_op_but_bad_c_is_still_refused(backend, device, 
     model, source = make_case("one_odd_conv", 2, "kernel")
     source.deltas = {"d0": {}, "d1": {}}
     layout = build_ads_layout(model, source, device=device)
-    assert layout.n_union == 0 and layout.n_entries == 0
+    assert layout.n_union == 0 and layout.n_entries == 0 and layout.entry_rows.numel() == 0
     before = layout.arena.clone()
     ads_update(layout, torch.tensor([0.5, 0.5], device=device), backend=backend)
     assert torch.equal(layout.arena, before) and not layout.refused()
@@ -186,7 +205,150 @@ def test_backend_selection(monkeypatch):
         resolve_backend(cpu, "triton")
     if HAS_TRITON:
         monkeypatch.setenv("TRITON_INTERPRET", "1")
-        assert resolve_backend(cpu, "triton") == "triton"
+        monkeypatch.setattr(ads_update_module, "_LAUNCH_BLOCKERS", {})
+        if INTERPRET:
+            assert resolve_backend(cpu, "triton") == "triton"
+        else:  # the kernels were compiled for a GPU at import: the probe launch finds out
+            with pytest.raises(AdsrtError, match="test launch failed"):
+                resolve_backend(cpu, "triton")
+
+
+@pytest.fixture
+def fresh_probes(monkeypatch):
+    """Empty launch-probe cache and fallback log, restored after the test."""
+    monkeypatch.setattr(ads_update_module, "_LAUNCH_BLOCKERS", {})
+    monkeypatch.setattr(ads_update_module, "_WARNED", set())
+
+
+@pytest.fixture
+def pretend_gpu(monkeypatch, fresh_probes):
+    """resolve_backend's view of a CUDA 8.0+ GPU with Triton installed, not interpreted; returns the
+    list of devices the launch probe was run on (the probe itself is left to the test)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ads_update_module, "_triton_blocker", lambda device: None)
+    return []
+
+
+NO_COMPILER = "Failed to find C compiler. Please specify via CC environment variable.\nTraceback details"
+
+
+def test_auto_falls_back_to_torch_once_and_logs_why_when_triton_cannot_launch(pretend_gpu, monkeypatch, caplog):
+    def no_compiler(device):  # what Triton 3.9 raises at the first launch in a runtime-only image
+        pretend_gpu.append(device)
+        raise RuntimeError(NO_COMPILER)
+
+    monkeypatch.setattr(ads_update_module, "_launch_empty", no_compiler)
+    gpu0, gpu1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    with caplog.at_level(logging.WARNING, logger=ads_update_module.__name__):
+        assert [resolve_backend(gpu0, "auto") for _ in range(3)] == ["torch"] * 3
+        assert pretend_gpu == [gpu0]  # probed once, then cached
+        with pytest.raises(AdsrtError, match="backend 'triton' unavailable: .*Failed to find C compiler"):
+            resolve_backend(gpu0, "triton")  # forced: an error, never a silent fallback
+        assert resolve_backend(gpu0, "torch") == "torch" and pretend_gpu == [gpu0]
+        assert resolve_backend(gpu1, "auto") == "torch"  # each device is probed on its own
+    assert pretend_gpu == [gpu0, gpu1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings  # one line per device, not one per call
+    assert "cuda:0" in warnings[0] and "torch path" in warnings[0]
+    assert "RuntimeError: Failed to find C compiler. Please specify via CC" in warnings[0]
+    assert "Traceback details" not in warnings[0] and "\n" not in warnings[0]  # the first line only
+
+
+def test_auto_picks_triton_on_a_gpu_where_the_probe_launches(pretend_gpu, monkeypatch, caplog):
+    monkeypatch.setattr(ads_update_module, "_launch_empty", pretend_gpu.append)
+    gpu = torch.device("cuda", 0)
+    with caplog.at_level(logging.WARNING, logger=ads_update_module.__name__):
+        assert resolve_backend(gpu, "auto") == "triton" and resolve_backend(gpu, "triton") == "triton"
+    assert pretend_gpu == [gpu] and not caplog.records
+
+
+def test_auto_never_probes_where_triton_is_not_picked(monkeypatch, fresh_probes):
+    probed = []
+    monkeypatch.setattr(ads_update_module, "_launch_empty", probed.append)
+    assert resolve_backend(torch.device("cpu"), "auto") == "torch"
+    assert resolve_backend(torch.device("cuda", 0), "torch") == "torch"
+    assert probed == []
+
+
+@pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="a real launch on CPU tensors needs TRITON_INTERPRET=1")
+def test_the_real_probe_launches_under_the_interpreter(fresh_probes):
+    assert ads_update_module._triton_launch_blocker(torch.device("cpu")) is None
+    assert resolve_backend(torch.device("cpu"), "triton") == "triton"
+
+
+@pytest.mark.skipif(not HAS_TRITON or INTERPRET, reason="needs triton compiled for a GPU (no TRITON_INTERPRET)")
+def test_the_real_probe_reports_a_launch_that_cannot_run(fresh_probes):
+    # CPU tensors for a GPU-compiled kernel: no driver here, "cpu tensor?" on a GPU machine.
+    blocker = ads_update_module._triton_launch_blocker(torch.device("cpu"))
+    assert blocker is not None and blocker.startswith("a test launch failed (")
+    assert ads_update_module._triton_launch_blocker(torch.device("cpu")) is blocker  # cached
+
+
+# --------------------------------------------------------------------------------- launch guard and options
+
+
+@pytest.fixture
+def cuda_guards(monkeypatch):
+    """Replaces torch.cuda.device by a recorder: the devices entered, and which ones are active now."""
+    record = SimpleNamespace(entered=[], active=[])
+
+    @contextlib.contextmanager
+    def device(d):
+        record.entered.append(torch.device(d))
+        record.active.append(torch.device(d))
+        yield
+        record.active.pop()
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    return record
+
+
+class RecordingKernel:
+    """Stands in for a Triton kernel: records each launch's grid, arguments and active CUDA guards."""
+
+    def __init__(self, guards):
+        self.guards, self.launches = guards, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append(SimpleNamespace(grid=grid, args=args, kwargs=kwargs, active=list(self.guards.active)))
+
+        return launch
+
+
+def test_device_guard_is_the_cuda_device_context_and_a_no_op_on_cpu(cuda_guards):
+    with ads_update_module._device_guard(torch.device("cpu")):
+        assert cuda_guards.active == []
+    with ads_update_module._device_guard(torch.device("cuda", 1)):
+        assert cuda_guards.active == [torch.device("cuda", 1)]
+    assert cuda_guards.entered == [torch.device("cuda", 1)] and cuda_guards.active == []
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_launches_run_inside_the_layouts_device_guard_with_fp_fusion_off(cuda_guards, monkeypatch, make_case):
+    kernel, empty = RecordingKernel(cuda_guards), RecordingKernel(cuda_guards)
+    monkeypatch.setattr(ads_update_module, "_ads_update_kernel", kernel)
+    monkeypatch.setattr(ads_update_module, "_empty_kernel", empty)
+    model, source = make_case("many", 3, "kernel")
+    layout = build_ads_layout(model, source)
+    monkeypatch.setattr(AdsLayout, "device", property(lambda self: torch.device("cuda", 1)))  # a second GPU
+    ads_update_module._launch_triton(layout, torch.tensor([0.1, 0.2, 0.3]))
+    ads_update_module.empty_launch(torch.zeros(1))  # a CPU tensor: no guard
+    (launch,), (floor,) = kernel.launches, empty.launches
+    assert launch.active == [torch.device("cuda", 1)] and floor.active == []
+    assert launch.kwargs["enable_fp_fusion"] is False and floor.kwargs["enable_fp_fusion"] is False
+    assert launch.kwargs["num_warps"] == ads_update_module._NUM_WARPS
+
+
+@pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="a real launch on CPU tensors needs TRITON_INTERPRET=1")
+def test_a_real_launch_for_a_layout_on_a_second_gpu_enters_its_guard(cuda_guards, monkeypatch, make_case, dense_reference):
+    model, source = make_case("many", 3, "filter")
+    layout = build_ads_layout(model, source)
+    monkeypatch.setattr(AdsLayout, "device", property(lambda self: torch.device("cuda", 1)))
+    ads_update_module._launch_triton(layout, torch.tensor([0.5, -0.25, 1.0]))  # fp fusion option accepted
+    assert cuda_guards.entered == [torch.device("cuda", 1)]
+    monkeypatch.undo()
+    assert_weights(layout, dense_reference(model, source, [0.5, -0.25, 1.0]), 1e-6, 1e-5)
 
 
 def test_torch_path_works_without_triton(monkeypatch, make_case, dense_reference):
@@ -218,13 +380,40 @@ def test_sync_free_torch_path_refuses_on_the_device(make_case, dense_reference):
     layout.clear_refused()
 
 
+class _AtenOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_cuda_torch_path_is_made_of_capture_safe_ops(make_case, dense_reference):
+    """What the torch path runs on CUDA (device-side checks), recorded op by op on CPU tensors: no sparse
+    op (cuSPARSE is not reliably capturable), nothing that reads a value back to the host and nothing
+    whose output size depends on the data."""
+    model, source = make_case("many", 3, "kernel")
+    layout = build_ads_layout(model, source)
+    c = torch.tensor([0.3, -0.6, 0.8])
+    with _AtenOps() as recorded:
+        ads_update_module._torch_update(layout, c, device_checks=True)
+    assert_weights(layout, dense_reference(model, source, c.tolist()), 0, 0)
+    unsafe = {"_local_scalar_dense", "item", "nonzero", "masked_select", "unique", "repeat_interleave", "addmv"}
+    assert not unsafe & set(recorded.ops) and not any("sparse" in op or "csr" in op for op in recorded.ops)
+    assert {"index_select", "scatter_add_", "index_copy_"} <= set(recorded.ops), recorded.ops
+
+
 # ----------------------------------------------------------------------------------------------- GPU only
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
-def test_classifier_update_restorer_capture_in_one_cuda_graph(make_bundle):
+@pytest.mark.parametrize("which", ["triton", "torch"])  # the torch path: Jetson, where Triton is absent
+def test_classifier_update_restorer_capture_in_one_cuda_graph(which, make_bundle):
+    if which == "triton" and not HAS_TRITON:
+        pytest.skip("needs triton")
     bundle = make_bundle(q=0.1)
     model, reference = bundle.build_um().cuda(), bundle.build_um()
     layout = build_ads_layout(model, bundle)
@@ -235,12 +424,12 @@ def test_classifier_update_restorer_capture_in_one_cuda_graph(make_bundle):
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                ads_update(layout, torch.softmax(logits, 0)[:3], validate=False)
+                ads_update(layout, torch.softmax(logits, 0)[:3], backend=which, validate=False)
                 model(x)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            ads_update(layout, torch.softmax(logits, 0)[:3], validate=False)  # the runtime's classifier step
+            ads_update(layout, torch.softmax(logits, 0)[:3], backend=which, validate=False)  # classifier step
             out = model(x)
         for values in ([3.0, 0.0, -1.0, 0.0], [0.0, 0.0, 4.0, 1.0]):
             logits.copy_(torch.tensor(values))
@@ -248,3 +437,19 @@ def test_classifier_update_restorer_capture_in_one_cuda_graph(make_bundle):
             torch.cuda.synchronize()
             apply_ads(reference, bundle, torch.softmax(torch.tensor(values), 0)[:3])
             torch.testing.assert_close(out.cpu(), reference(x.cpu()), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+@pytest.mark.parametrize("which", ["triton", "torch"])
+def test_a_layout_on_the_second_gpu_is_updated_there(which, make_case, dense_reference):
+    if which == "triton" and not HAS_TRITON:
+        pytest.skip("needs triton")
+    model, source = make_case("many", 3, "kernel")
+    layout = build_ads_layout(model, source, device="cuda:1")
+    c = [0.2, -0.4, 0.9]
+    with torch.cuda.device(0):  # the current device is not the layout's
+        ads_update(layout, torch.tensor(c, device="cuda:1"), backend=which)
+        torch.cuda.synchronize(1)
+        assert torch.cuda.current_device() == 0
+    assert_weights(layout, dense_reference(model, source, c), 1e-6, 1e-5)

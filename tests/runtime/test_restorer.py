@@ -212,16 +212,53 @@ def test_backend_registry_and_auto(trained_bundle, caplog, monkeypatch):
         assert create_backend(bundle, "auto", device="cpu", mode="um").name == "onnxruntime"
         with pytest.raises(BackendError, match="the tensorrt backend is unavailable|tensorrt"):
             create_backend(bundle, "tensorrt")
-    # without ONNX Runtime, auto falls back to torch
+    # without ONNX Runtime, auto falls back to torch on the CPU (never TensorRT: the frames are on the CPU)
     monkeypatch.setattr(BACKENDS["onnxruntime"], "unavailable_reason", lambda: "onnxruntime is not installed")
     with caplog.at_level(logging.INFO):
-        assert create_backend(bundle, "auto", device="cpu").name == ("tensorrt" if reasons["tensorrt"] is None else "torch")
+        assert create_backend(bundle, "auto", device="cpu").name == "torch"
     with pytest.raises(BackendError, match="unknown backend"):
         create_backend(bundle, "openvino")
     with pytest.raises(BackendError, match="swap mode applies one c"):
         create_backend(bundle, "torch", device="cpu").update(torch.zeros(2, 2))
     with pytest.raises(BackendError, match="are for onnxruntime/tensorrt"):
         create_backend(bundle, "torch", device="cpu", graph="x.onnx")
+
+
+@pytest.mark.parametrize(("request_", "expected"), [
+    (dict(device="cuda"), "tensorrt"),
+    (dict(device="cuda:1", precision="fp16"), "tensorrt"),
+    (dict(device="cpu"), "onnxruntime"),
+    (dict(device="cuda", precision="bf16"), "torch"),
+    (dict(device="cuda", cuda_graph=True), "torch"),
+    (dict(device="cuda", export_missing=True), "torch"),
+    (dict(device="cuda", export_missing=True, graph="prebuilt.engine"), "tensorrt"),
+])
+def test_auto_picks_tensorrt_only_where_the_request_runs_on_it(monkeypatch, caplog, request_, expected):
+    """The selection is pure logic: TensorRT is made available and the export probe replaced."""
+    from adsrt.runtime import backends
+
+    request_ = dict(request_)
+    export_missing = request_.pop("export_missing", False)
+    monkeypatch.setattr(backends.BACKENDS["tensorrt"], "unavailable_reason", lambda: None)
+    monkeypatch.setattr(backends.BACKENDS["onnxruntime"], "unavailable_reason", lambda: None)
+    monkeypatch.setattr(backends, "_export_reason", lambda: "onnxsim not installed" if export_missing else None)
+    with caplog.at_level(logging.INFO, logger="adsrt.runtime.backends"):
+        assert backends._auto_backend(**request_) == expected
+    if expected != "tensorrt":
+        assert "tensorrt: " in caplog.text  # the log says why TensorRT was passed over
+
+
+def test_tensorrt_blocker_reasons():
+    from adsrt.runtime.backends import tensorrt_blocker
+
+    ok = dict(wants_cuda=True, precision="fp32", cuda_graph=False)
+    assert tensorrt_blocker(None, **ok) is None
+    assert tensorrt_blocker("no tensorrt", **ok) == "no tensorrt"
+    assert "CPU" in tensorrt_blocker(None, **{**ok, "wants_cuda": False})
+    assert "bf16" in tensorrt_blocker(None, **{**ok, "precision": "bf16"})
+    assert "cuda_graph" in tensorrt_blocker(None, **{**ok, "cuda_graph": True})
+    assert "onnxsim" in tensorrt_blocker(None, **ok, export_reason="onnxsim not installed")
+    assert tensorrt_blocker(None, **ok, export_reason="onnxsim not installed", graph="a.engine") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without CUDA")
@@ -266,6 +303,29 @@ def test_cuda_precisions_agree_with_the_cpu(trained_bundle, clean_photo, noisy, 
 
 
 @pytest.mark.gpu
+@pytest.mark.tf32
+@gpu
+def test_cuda_fp32_with_tf32_on_agrees_with_the_cpu_at_tf32_tolerance(trained_bundle, clean_photo, noisy):
+    """The default CUDA setting (TF32 convolutions): close to the CPU, not fp32-close (10 mantissa bits)."""
+    assert torch.backends.cudnn.allow_tf32
+    degraded = noisy(clean_photo)
+    cpu = adsrt.load(trained_bundle, device="cpu").restore(degraded)
+    cuda = adsrt.load(trained_bundle, device="cuda").restore(degraded)
+    assert psnr(cuda, cpu) > 40.0
+
+
+@pytest.mark.gpu  # no skip: the flags exist without CUDA, so the fixture (tests/conftest.py) is checked anywhere
+def test_gpu_tests_run_with_tf32_off():
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.tf32
+def test_the_tf32_marker_keeps_tf32_on():
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("mode", ["swap", "branch"])
 def test_cuda_graph_replay_equals_eager(trained_bundle, clean_photo, noisy, mode):
@@ -276,3 +336,15 @@ def test_cuda_graph_replay_equals_eager(trained_bundle, clean_photo, noisy, mode
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
         assert eager.last.c == pytest.approx(graphed.last.c, abs=1e-5)
     assert any(isinstance(g, CudaGraphFrame) for g in graphed._graphs.values())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices (cuda:1 while cuda:0 is current)")
+def test_cuda_graph_frames_on_the_second_device(trained_bundle, clean_photo, noisy):
+    """Warm-up, capture and replay are guarded with the backend's device: cuda:1 works while cuda:0 is current."""
+    degraded = noisy(clean_photo)
+    eager = adsrt.load(trained_bundle, backend="torch", device="cuda:1").restore(degraded)
+    graphed = adsrt.load(trained_bundle, backend="torch", device="cuda:1", cuda_graph=True)
+    for _ in range(2):  # the second call replays
+        out = graphed.restore(degraded)
+    assert torch.cuda.current_device() == 0 and psnr(out, eager) > 50.0

@@ -116,3 +116,60 @@ def test_torchrun_two_cpu_processes(photos, tmp_path):
     _, _, header = load_backbone_weights(out / "model.safetensors")
     assert header["step"] == 3
     assert [r["step"] for r in _rows(out / "log.csv")] == ["3"]  # one writer (rank 0), not two
+
+
+# Run by each of two processes in the test below: rank 1's loss turns NaN at its third step (step 2); the
+# rest is ``adsrt train um``. A test-only hook: it patches the trainer's loss function, not its config.
+_NAN_ON_RANK_1 = '''
+import os, sys
+from adsrt.cli import main
+from adsrt.train import trainer
+
+real, calls = trainer.restoration_loss, []
+
+def loss(output, target, kind="l1"):
+    calls.append(1)
+    value = real(output, target, kind)
+    return value * float("nan") if os.environ["RANK"] == "1" and len(calls) == 3 else value
+
+trainer.restoration_loss = loss
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank(photos, tmp_path):
+    # Two DDP processes started by hand with the variables torchrun sets (so no agent kills the others
+    # when one fails): each must stop by itself, with the same error, instead of waiting in the gradient
+    # all-reduce for the rank that gave up.
+    driver = tmp_path / "driver.py"
+    driver.write_text(_NAN_ON_RANK_1)
+    args = [sys.executable, str(driver), "-q", "train", "um", "--data", str(photos), "--out", str(tmp_path / "ddp"),
+            "--backbone", "nafnet-tiny", "--steps", "6", "--batch-size", "2", "--crop-size", "32",
+            "--val-every", "6", "--val-samples", "4", "--workers", "0", "--device", "cpu"]
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen(args, cwd=REPO, env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    results = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            results.append((p.returncode, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for rank, (code, err) in enumerate(results):
+        assert code == 1, f"rank {rank}: exit {code}\n{err[-3000:]}"
+        assert "error: loss became non-finite at step 2 on rank(s) 1 of 2" in err, f"rank {rank}:\n{err[-3000:]}"
+    assert "nan here" in results[1][1] and "nan here" not in results[0][1]
+    assert not (tmp_path / "ddp" / "model.safetensors").exists()
