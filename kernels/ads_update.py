@@ -20,7 +20,7 @@ under ``TRITON_INTERPRET=1`` (how CI checks it). ``"torch"``: the same table thr
 ``arena.index_copy_(offsets, base.clone().scatter_add_(entry_rows, c[column] * delta))``: four
 vectorised ops of shapes fixed at build time, no sparse op (cuSPARSE is not reliably capturable), no
 host sync, no Python loop over units or layers, so it is CUDA-graph capturable too; used on CPU and
-wherever Triton is missing (Jetson has no Triton wheels). On a 2-core CPU it costs ~1.0-1.25x the
+wherever Triton is missing (Jetson has no Triton wheels). On a 2-core CPU it costs ~1.2-1.3x the
 former ``addmv`` on a CSR matrix (nafnet-edge, ~0.4 ms), close enough for one path everywhere. Both
 backends accumulate in fp32 and round once into the arena's dtype.
 
@@ -198,6 +198,9 @@ def _triton_launch_blocker(device: torch.device) -> str | None:
     """
     key = _device_key(device)
     if key not in _LAUNCH_BLOCKERS:
+        if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            # a probe would compile and allocate inside the capture, and a failure would poison the cache
+            raise AdsrtError("resolve the ADS update backend (or run one update) before a CUDA graph capture")
         try:
             _launch_empty(device)
             _LAUNCH_BLOCKERS[key] = None

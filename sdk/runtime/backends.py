@@ -266,7 +266,8 @@ def _auto_backend(device, *, precision: str = "fp32", cuda_graph: bool = False, 
     CUDA device; else ONNX Runtime (on 2 CPU cores it runs nafnet-small at 480p ~2x faster than torch:
     benchmarks/results/latency.csv); else torch. Logs the pick and why the others were passed over."""
     reasons = available_backends()
-    wants_cuda = device not in (None, "auto", "cpu") or (device in (None, "auto") and torch.cuda.is_available())
+    text = "auto" if device is None else str(device)  # a torch.device too
+    wants_cuda = text.startswith("cuda") or (text == "auto" and torch.cuda.is_available())
     trt = reasons["tensorrt"]
     if trt is None:  # only then is the (import-probing) export check worth making
         trt = tensorrt_blocker(None, wants_cuda=wants_cuda, precision=precision, cuda_graph=cuda_graph, graph=graph,

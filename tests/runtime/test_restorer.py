@@ -228,6 +228,8 @@ def test_backend_registry_and_auto(trained_bundle, caplog, monkeypatch):
     (dict(device="cuda"), "tensorrt"),
     (dict(device="cuda:1", precision="fp16"), "tensorrt"),
     (dict(device="cpu"), "onnxruntime"),
+    (dict(device=torch.device("cpu")), "onnxruntime"),
+    (dict(device=torch.device("cuda", 0)), "tensorrt"),
     (dict(device="cuda", precision="bf16"), "torch"),
     (dict(device="cuda", cuda_graph=True), "torch"),
     (dict(device="cuda", export_missing=True), "torch"),
