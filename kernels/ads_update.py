@@ -164,8 +164,8 @@ def _triton_blocker(device: torch.device) -> str | None:
     return None
 
 
-def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
-    """``torch.cuda.device(device)`` for a CUDA device, a no-op context otherwise.
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """``torch.cuda.device(device)`` for a CUDA device, a no-op context otherwise (also the GPU check's).
 
     Triton launches on the *current* CUDA device, whatever device the pointers live on; without the
     guard a layout on ``cuda:1`` would be updated by a kernel launched on ``cuda:0``."""
@@ -174,7 +174,7 @@ def _device_guard(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _launch_empty(device: torch.device) -> None:
     """One launch of the empty kernel on ``device`` (the probe of :func:`_triton_launch_blocker`)."""
-    with _device_guard(device):
+    with device_guard(device):
         _empty_kernel[(1,)](torch.zeros(1, device=device), **_LAUNCH_OPTIONS)
 
 
@@ -279,7 +279,7 @@ def _launch_triton(layout: AdsLayout, c: torch.Tensor) -> None:
     k = layout.k
     # At least one program, so that a refused c raises the flag even when nothing is masked.
     grid = (max(1, triton.cdiv(layout.n_union, _BLOCK)),)
-    with _device_guard(layout.device):
+    with device_guard(layout.device):
         _ads_update_kernel[grid](
             layout.arena,
             layout.offsets,
@@ -362,5 +362,5 @@ def empty_launch(x: torch.Tensor) -> None:
     """Launch a kernel that does nothing on ``x``'s device: the floor of any Triton launch (benchmarks)."""
     if not HAS_TRITON:
         raise AdsrtError("empty_launch needs triton")
-    with _device_guard(x.device):
+    with device_guard(x.device):
         _empty_kernel[(1,)](x, **_LAUNCH_OPTIONS)

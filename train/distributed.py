@@ -82,16 +82,17 @@ def setup(device: str | None = None) -> DistEnv:
     return DistEnv(rank, world_size, local_rank, dev)
 
 
-def flagged_ranks(flag: bool, env: DistEnv) -> list[int]:
+def flagged_ranks(flag: bool | torch.Tensor, env: DistEnv) -> list[int]:
     """The ranks whose ``flag`` is set, agreed by every rank (a collective: all ranks must call it, in step).
 
-    One all-reduce (MAX) of a ``world_size`` vector on the process group's device; without DDP, no
-    communication: ``[0]`` or ``[]``.
+    One all-reduce (MAX) of a ``world_size`` vector on the process group's device, and one host sync to read
+    it (``flag`` may be a device tensor: it is not read on its own); without DDP, no communication:
+    ``[0]`` or ``[]``.
     """
     if not env.distributed:
         return [env.rank] if flag else []
     flags = torch.zeros(env.world_size, device=env.device)
-    flags[env.rank] = float(flag)
+    flags[env.rank] = flag
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
     return [r for r, v in enumerate(flags.tolist()) if v > 0]
 

@@ -282,14 +282,13 @@ def _check_finite(loss: torch.Tensor, step: int, env: distributed.DistEnv) -> No
     the others waiting in the gradient all-reduce until the process-group timeout. One process: no
     communication, it raises at the first non-finite loss.
     """
-    finite = bool(torch.isfinite(loss))
     if not env.distributed:
-        if not finite:
+        if not bool(torch.isfinite(loss)):
             raise AdsrtError(f"loss became {float(loss)} at step {step}; lower the learning rate")
         return
-    bad = distributed.flagged_ranks(not finite, env)
+    bad = distributed.flagged_ranks(~torch.isfinite(loss.detach()), env)  # the step's one host sync
     if bad:
-        here = "" if finite else f", {float(loss)} here"
+        here = f", {float(loss)} here" if env.rank in bad else ""
         raise AdsrtError(f"loss became non-finite at step {step} on rank(s) {', '.join(map(str, bad))} of "
                          f"{env.world_size} (rank {env.rank}{here}); lower the learning rate")
 

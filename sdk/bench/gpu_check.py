@@ -153,13 +153,6 @@ def check_update_stress(ctx: Context) -> str:
             f"{n_union} masked values ({programs} programs), max |err| vs float64 {worst:.2e}")
 
 
-def _on_device(ctx: Context):
-    """``ctx.device`` current (captures and launches go to cuda:N), a no-op on the CPU."""
-    import contextlib
-
-    return torch.cuda.device(ctx.device) if ctx.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _stress_path(ctx: Context, layout, reference: _Float64Reference, path: str, launches: int,
                  g: torch.Generator) -> float:
     from adsrt.kernels.ads_update import ads_update
@@ -415,6 +408,14 @@ def _frame_overhead(ctx: Context) -> str:
             parts.append(f"{size}{' graphs' if graphs else ''} {overhead:+.1%}")
     upsert_csv(ctx.out / "gpu_frames.csv", rows, key=FRAME_KEY, columns=FRAME_COLUMNS)
     return ", ".join(parts)
+
+
+def _on_device(ctx: Context):
+    """:func:`adsrt.kernels.ads_update.device_guard` of ``ctx.device`` (imported late: the dry run sets
+    TRITON_INTERPRET before the kernels module first imports triton)."""
+    from adsrt.kernels.ads_update import device_guard
+
+    return device_guard(ctx.device)
 
 
 class _Skip(Exception):

@@ -197,6 +197,7 @@ class Restorer:
         self.degradations = list(bundle.degradations)
         self.k = len(self.degradations)
         self._forced: Tensor | None = None
+        self._one_hots: dict[str, Tensor] = {}
         if config.force is not None:
             self._check_force(config.force)
         elif config.mode != "um" and bundle.classifier is None:
@@ -298,11 +299,14 @@ class Restorer:
             raise AdsrtError(f"cannot force {force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
 
     def _one_hot(self, force: str) -> Tensor:
-        """``c`` ``[1, k]`` on the device: one-hot for a degradation, zeros for ``"clean"``."""
-        c = torch.zeros(1, self.k, dtype=torch.float32)
-        if force in self.degradations:
-            c[0, self.degradations.index(force)] = 1.0
-        return c.to(self.device)
+        """``c`` ``[1, k]`` on the device: one-hot for a degradation, zeros for ``"clean"`` (made once per name:
+        eval forces one per image)."""
+        if force not in self._one_hots:
+            c = torch.zeros(1, self.k, dtype=torch.float32)
+            if force in self.degradations:
+                c[0, self.degradations.index(force)] = 1.0
+            self._one_hots[force] = c.to(self.device)
+        return self._one_hots[force]
 
     def _clock(self) -> float:
         if self.device.type == "cuda" and self.config.sync_timings:

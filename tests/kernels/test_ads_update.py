@@ -317,9 +317,9 @@ class RecordingKernel:
 
 
 def test_device_guard_is_the_cuda_device_context_and_a_no_op_on_cpu(cuda_guards):
-    with ads_update_module._device_guard(torch.device("cpu")):
+    with ads_update_module.device_guard(torch.device("cpu")):
         assert cuda_guards.active == []
-    with ads_update_module._device_guard(torch.device("cuda", 1)):
+    with ads_update_module.device_guard(torch.device("cuda", 1)):
         assert cuda_guards.active == [torch.device("cuda", 1)]
     assert cuda_guards.entered == [torch.device("cuda", 1)] and cuda_guards.active == []
 
