@@ -39,7 +39,7 @@ from typing import Any
 
 from adsrt.errors import BackendError
 from adsrt.export.tensorrt_build import build_engine, read_onnx_metadata
-from adsrt.fileio import atomic_write_bytes, write_json
+from adsrt.fileio import atomic_write_bytes, file_sha256, write_json
 from adsrt.runtime.artifacts import cache_root
 from adsrt.runtime.tensorrt_engine import (
     EngineConfig,
@@ -58,18 +58,9 @@ __all__ = [
     "LoadedEngine",
     "build_or_load_engine",
     "check_onnx_matches",
-    "file_sha256",
 ]
 
 ENGINE_CACHE_FORMAT = 1  # bump when the layout of cached engines or of their sidecars changes
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CorruptEngineError(BackendError):

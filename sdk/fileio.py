@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -90,3 +91,12 @@ def upsert_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, ke
         writer.writerow({k: row.get(k, "") for k in columns})
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, out.getvalue().encode())
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes (hex), read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

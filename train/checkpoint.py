@@ -1,19 +1,19 @@
 """Checkpoints and weight files of the training stages, written atomically and read without unpickling.
 
-Two kinds of file:
+Both are safetensors files with a JSON header under the ``adsrt`` metadata key; nothing is ever pickled.
 
-- ``*.pt`` training checkpoints (model, EMA, optimizer and scaler state, step): ``torch.save`` of
-  plain dicts, lists, numbers, strings and tensors only, read back with ``torch.load(weights_only=True)``
-  so a checkpoint can never execute code. Written to a temp file and renamed, so an interrupted run
-  leaves the previous checkpoint, never a half-written one.
-- ``*.safetensors`` stage outputs (UM/target/classifier weights): the state dict plus a JSON header
-  under the ``adsrt`` metadata key that names the architecture, so a later stage can refuse weights
-  of another backbone with a clear message.
+- Training checkpoints (``checkpoint.safetensors`` of a stage): any nest of dicts, lists, numbers,
+  strings and tensors (model, EMA, optimizer state, RNG state, step, elapsed time). The tensors go into the
+  file under generated names, the rest into the JSON with ``{"__tensor__": name}`` where each tensor was
+  (dicts with integer keys, such as an optimizer's per-parameter state, are marked so they come back with
+  integer keys). One file, renamed into place, so an interrupted run leaves the previous checkpoint, never
+  half of one, and a resumed run restores every bit it needs.
+- Stage outputs (``*.safetensors``: UM/target/classifier weights): the state dict plus a JSON header that
+  names the architecture, so a later stage can refuse weights of another backbone with a clear message.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from pathlib import Path
@@ -28,26 +28,89 @@ from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
 
 METADATA_KEY = "adsrt"
+CHECKPOINT_KIND = "checkpoint"
+_TENSOR, _INT_KEYS = "__tensor__", "__int_keys__"
+
+
+def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """``value`` as JSON-able data, its tensors moved into ``tensors``."""
+    if isinstance(value, torch.Tensor):
+        name = f"t{len(tensors)}"
+        tensor = value.detach().cpu().contiguous()
+        # safetensors refuses two entries on one storage (tied weights, views): store a copy.
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in _storages(tensors):
+            tensor = tensor.clone()
+        tensors[name] = tensor
+        return {_TENSOR: name}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value):
+            if _TENSOR in value or _INT_KEYS in value:
+                raise AdsrtError(f"checkpoint keys {_TENSOR!r} and {_INT_KEYS!r} are reserved")
+            return {k: _pack(v, tensors) for k, v in value.items()}
+        if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
+            return {_INT_KEYS: {str(k): _pack(v, tensors) for k, v in value.items()}}
+        raise AdsrtError("checkpoint dicts need all-string or all-integer keys")
+    if isinstance(value, (list, tuple)):
+        return [_pack(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise AdsrtError(f"cannot checkpoint a {type(value).__name__}")
+
+
+def _storages(tensors: dict[str, torch.Tensor]) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()}
+
+
+def _unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_TENSOR}:
+            return tensors[value[_TENSOR]]
+        if set(value) == {_INT_KEYS}:
+            return {int(k): _unpack(v, tensors) for k, v in value[_INT_KEYS].items()}
+        return {k: _unpack(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v, tensors) for v in value]
+    return value
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    """``torch.save`` ``state`` (plain containers and tensors only) atomically."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
+    """Write ``state`` (a dict with a ``step``) as one safetensors file, atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    data = _pack(state, tensors)
+    header = json.dumps({"kind": CHECKPOINT_KIND, "state": data}, allow_nan=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: header}))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; never unpickles arbitrary objects."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors on the CPU)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises pickle/runtime/zip errors of many kinds for a bad file
+        with safe_open(str(path), framework="pt") as fh:
+            header = json.loads((fh.metadata() or {})[METADATA_KEY])
+        tensors = load_file(str(path))
+        if header.get("kind") != CHECKPOINT_KIND:
+            raise ValueError(f"kind {header.get('kind')!r}")
+        state = _unpack(header["state"], tensors)
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise AdsrtError(f"{path}: not a readable adsrt checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise AdsrtError(f"{path}: not an adsrt training checkpoint")
     return state
+
+
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG state (CPU, and CUDA where initialized), for a checkpoint."""
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_weights(path: str | os.PathLike, state: dict[str, torch.Tensor], header: dict[str, Any]) -> Path:

@@ -5,7 +5,11 @@ of its training range, or left clean (``clean_fraction``, default 1 / (k + 1), s
 balanced). Reports the accuracy and the confusion matrix (rows: true class, columns: predicted) on
 held-out crops drawn with a fixed seed.
 
-Output folder: ``model.safetensors`` (weights + config + class names, written last) and ``report.json``.
+Resumable like the restorer stages: ``checkpoint.safetensors`` every ``ckpt_every`` steps (and on SIGTERM),
+the loss curve in ``log.csv`` continuing across resumes, batches fixed per step (:mod:`adsrt.train.batches`).
+
+Output folder: ``model.safetensors`` (weights + config + class names, written last), ``report.json``,
+``log.csv`` and, while it runs, ``checkpoint.safetensors``.
 """
 
 from __future__ import annotations
@@ -22,9 +26,30 @@ from adsrt.arch import ClassifierConfig, DegradationClassifier, build_classifier
 from adsrt.errors import AdsrtError
 from adsrt.fileio import write_json
 from adsrt.train import distributed
-from adsrt.train.checkpoint import load_weights, save_weights
+from adsrt.train.batches import step_batches
+from adsrt.train.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from adsrt.train.compute import plan_compute
 from adsrt.train.degradations import DegradationSpec
-from adsrt.train.trainer import class_specs, fixed_batches, scheduled_batches, split_datasets
+from adsrt.train.progress import StageLog, StopSignal
+from adsrt.train.trainer import (
+    CHECKPOINT,
+    adamw,
+    class_specs,
+    cosine_lr,
+    fixed_batches,
+    load_optimizer_state,
+    set_lr,
+    split_datasets,
+)
+
+CSV_FIELDS = ("step", "lr", "loss", "seconds")
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +72,12 @@ class ClassifierTrainConfig:
     samples_per_epoch: int = 2048
     val_samples: int = 256
     val_fraction: float = 0.1
-    workers: int = 2
+    ckpt_every: int = 500
+    log_every: int = 50
+    workers: int = 1
+    threads: int | None = None  # see adsrt.train.compute
     seed: int = 0
+    resume: bool = True
     device: str | None = None
     progress: bool = True
 
@@ -82,34 +111,72 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
                                         window=cfg.crop_size, grid=cfg.grid)
     except ValueError as exc:
         raise AdsrtError(f"bad classifier shape: {exc}") from exc
+    if cfg.ckpt_every < 1 or cfg.log_every < 1:
+        raise AdsrtError("ckpt_every and log_every must be >= 1")
     device = distributed.setup(cfg.device).device
+    # The classifier's inputs are small windows of a few channels: NCHW, fp32 (no autocast, no channels_last).
+    plan = plan_compute(device, threads=cfg.threads, channels_last=False, amp=False)
     torch.manual_seed(cfg.seed)
     train_set, val_set = split_datasets(
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, cfg.batch_size),
         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=clean_fraction)
     model = build_classifier(model_config).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=cfg.workers, generator=torch.Generator().manual_seed(cfg.seed))
+    optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, step, elapsed = out / CHECKPOINT, 0, 0.0
+    resumed = cfg.resume and ckpt_path.is_file()
+    if resumed:
+        state = load_checkpoint(ckpt_path)
+        if state.get("classifier") != model_config.to_dict() or state.get("classes") != [s.name for s in specs]:
+            raise AdsrtError(f"{ckpt_path}: checkpoint of another classifier run; use another --out")
+        model.load_state_dict(state["model"])
+        load_optimizer_state(optimizer, state["optimizer"])
+        set_rng_state(state["rng"])
+        step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        log.info("%s: resuming from step %d", ckpt_path, step)
+    curve = StageLog(out / "log.csv", CSV_FIELDS, resume_step=step if resumed else None, elapsed=elapsed)
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {"step": step, "steps": cfg.steps, "elapsed": curve.seconds(),
+                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "rng": rng_state(), "classifier": model_config.to_dict(),
+                                    "classes": [s.name for s in specs]})
+
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.steps, desc="train classifier", unit="step", disable=not cfg.progress)
-    for _, b in scheduled_batches(loader, train_set, optimizer, cfg.steps, cfg.lr):
-        loss = F.cross_entropy(model(b["input"].to(device)), b["label"].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    bar = tqdm(total=cfg.steps, initial=step, desc="train classifier", unit="step", disable=not cfg.progress)
+    loss_sum, loss_n = 0.0, 0
+    resume_at = step
+    with StopSignal() as stop:
+        for step, b in step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=resume_at, seed=cfg.seed,
+                                    workers=cfg.workers):
+            lr = cosine_lr(step, cfg.steps, cfg.lr)
+            set_lr(optimizer, lr)
+            loss = F.cross_entropy(model(plan.to_input(b["input"])), b["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            last = step >= cfg.steps
+            if step % cfg.log_every == 0 or last:
+                curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{loss_sum / loss_n:.5f}"})
+                loss_sum, loss_n = 0.0, 0
+            if step % cfg.ckpt_every == 0 or last or stop.requested:
+                save(step)
+            if not last:
+                stop.check("train classifier", step, ckpt_path)
     bar.close()
 
     report = evaluate_classifier(model, fixed_batches(val_set, cfg.batch_size), [s.name for s in specs], device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     save_weights(out / "model.safetensors", model.state_dict(),
                  {"kind": "classifier", "classifier": model_config.to_dict(), "classes": report["classes"],
-                  "val": {"accuracy": report["accuracy"]}, "config": asdict(cfg)})
+                  "val": {"accuracy": report["accuracy"]}, "step": cfg.steps, "seconds": round(curve.seconds(), 1),
+                  "config": asdict(cfg)})
     log.info("classifier: held-out accuracy %.3f on %d crops -> %s", report["accuracy"], report["n"], out)
     return report
 

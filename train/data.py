@@ -112,10 +112,13 @@ class DegradedImageDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Sample ``index`` of the current epoch, or of the given one for an ``(epoch, index)`` key (the
+        training loops' batches, :mod:`adsrt.train.batches`)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        if not 0 <= index < len(self) or epoch < 0:
+            raise IndexError(key)
+        rng = np.random.default_rng([self.seed, epoch, index])
         clean = random_crop(self.images[index % len(self.images)], self.crop_size, rng)
         if rng.random() < 0.5:
             clean = clean[:, ::-1]

@@ -9,6 +9,9 @@ when it beats the plain difference on the held-out crops (both numbers are recor
 Output (safetensors): ``ads/<layer>/units`` (int64, sorted) and ``ads/<layer>/delta`` (float32
 ``[n, unit_numel]``) per layer with masked units, and a JSON header with the validation PSNR of
 the input, the UM, UM + delta ("ads", the oracle one-hot blend) and the target (IM).
+
+The refinement resumes: ``<out stem>.checkpoint.safetensors`` every ``ckpt_every`` steps (and on SIGTERM),
+its loss curve in ``<out stem>.log.csv``; both are removed once the output is written.
 """
 
 from __future__ import annotations
@@ -30,16 +33,33 @@ from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes
 from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
-from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
+from adsrt.train.batches import step_batches
+from adsrt.train.checkpoint import (
+    METADATA_KEY,
+    check_same_architecture,
+    load_backbone_weights,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from adsrt.train.compute import plan_compute
 from adsrt.train.degradations import DegradationSpec
+from adsrt.train.progress import StageLog, StopSignal, beside
 from adsrt.train.select import load_selection
 from adsrt.train.trainer import (
+    adamw,
     class_specs,
+    cosine_lr,
     fixed_batches,
+    load_optimizer_state,
     restoration_loss,
-    scheduled_batches,
+    set_lr,
     split_datasets,
 )
+
+CSV_FIELDS = ("step", "lr", "loss", "seconds")
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +78,10 @@ class DeltasConfig:
     loss: str = "l1"
     val_samples: int = 32
     val_fraction: float = 0.1
+    ckpt_every: int = 100
+    threads: int | None = None  # see adsrt.train.compute
     seed: int = 0
+    resume: bool = True
     device: str | None = None
 
 
@@ -130,6 +153,8 @@ def build_deltas(cfg: DeltasConfig) -> dict[str, Any]:
     elif cfg.refine_steps:
         raise AdsrtError("refining the deltas needs --data (clean photos)")
     save_deltas(cfg.out, deltas, header)
+    for role in ("checkpoint", "log"):
+        beside(cfg.out, role).unlink(missing_ok=True)
     log.info("%s: delta on %d units (%d values) -> %s", header["degradation"], header["masked_units"],
              header["delta_params"], cfg.out)
     return header
@@ -142,6 +167,7 @@ def _measure_and_refine(
 ) -> tuple[dict[str, float], dict[str, LayerDelta]]:
     """Validation PSNR of input / UM / UM + delta / IM on held-out crops of d, and the optional refinement."""
     device = distributed.setup(cfg.device).device
+    plan_compute(device, threads=cfg.threads, channels_last=False)
     torch.manual_seed(cfg.seed)
     train_set, val_set = split_datasets(cfg.data, [spec], crop_size=cfg.crop_size, samples_per_epoch=1024,
                                         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -161,15 +187,45 @@ def _measure_and_refine(
         return metrics, deltas
 
     params = {n: v.clone().requires_grad_(True) for n, v in values.items()}
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=0.0)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
-    for _, b in scheduled_batches(loader, train_set, optimizer, cfg.refine_steps, cfg.lr):
-        x, y = b["input"].to(device), b["target"].to(device)
-        loss = restoration_loss(functional_call(model, masked_weights(um, layouts, offsets, params), (x,)), y, cfg.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    optimizer = adamw(params.values(), lr=cfg.lr, weight_decay=0.0)
+    ckpt_path, step, elapsed = beside(cfg.out, "checkpoint"), 0, 0.0
+    resumed = cfg.resume and ckpt_path.is_file()
+    if resumed:
+        state = load_checkpoint(ckpt_path)
+        if state.get("spec") != str(spec) or sorted(state["params"]) != sorted(params) or state.get("steps") != cfg.refine_steps:
+            raise AdsrtError(f"{ckpt_path}: checkpoint of another refinement; delete it or use another --out")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["params"][n])
+        load_optimizer_state(optimizer, state["optimizer"])
+        set_rng_state(state["rng"])
+        step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        log.info("%s: resuming the refinement from step %d", ckpt_path, step)
+    curve = StageLog(beside(cfg.out, "log"), CSV_FIELDS, resume_step=step if resumed else None, elapsed=elapsed)
+
+    def save(step: int) -> None:
+        save_checkpoint(ckpt_path, {"step": step, "steps": cfg.refine_steps, "elapsed": curve.seconds(),
+                                    "spec": str(spec), "params": {n: p.detach() for n, p in params.items()},
+                                    "optimizer": optimizer.state_dict(), "rng": rng_state()})
+
+    resume_at = step
+    with StopSignal() as stop:
+        for step, b in step_batches(train_set, cfg.batch_size, steps=cfg.refine_steps, start=resume_at, seed=cfg.seed):
+            lr = cosine_lr(step, cfg.refine_steps, cfg.lr)
+            set_lr(optimizer, lr)
+            x, y = b["input"].to(device), b["target"].to(device)
+            loss = restoration_loss(functional_call(model, masked_weights(um, layouts, offsets, params), (x,)), y, cfg.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            last = step >= cfg.refine_steps
+            if step % 10 == 0 or last:
+                curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{float(loss.detach()):.5f}"})
+            if step % cfg.ckpt_every == 0 or last or stop.requested:
+                save(step)
+            if not last:
+                stop.check(f"refine {spec}", step, ckpt_path)
     refined = _mean_psnr(model, masked_weights(um, layouts, offsets, params), val, device)
     metrics["ads_unrefined"] = metrics["ads"]
     if refined > metrics["ads"]:

@@ -1,8 +1,9 @@
 """Stage 6: ``adsrt train all``, every stage in order into a work folder, then the bundle.
 
-Work folder layout (a stage is skipped when its final file exists; the restorer stages also resume
-from their ``last.pt`` when a run was interrupted half way):
+Work folder layout (a stage is skipped when its final file exists; every stage resumes from its
+checkpoint when a run was interrupted half way; ``adsrt train status WORK`` reads it):
 
+    WORK/run.json                                   the run's config and plan (written first)
     WORK/um/model.safetensors                       stage 1 (UM)
     WORK/targets/<d>/model.safetensors              stage 2 (IM per degradation)
     WORK/select/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 3 (scores + masks)
@@ -33,6 +34,7 @@ from adsrt.train.checkpoint import load_backbone_weights
 from adsrt.train.classifier import ClassifierTrainConfig, load_classifier, train_classifier
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
+from adsrt.train.status import RUN_FILE
 from adsrt.train.trainer import class_specs
 from adsrt.train.um import TargetConfig, UMConfig, train_target, train_um
 from adsrt.version import __version__
@@ -66,6 +68,9 @@ class Preset:
     dc_batch_size: int
     workers: int
     calib_images: int = 16  # training photos for the classifier's temperature (adsrt.train.calibrate)
+    # torch.compile the UM and target steps: 2x the samples/s of v1's loop on 2 CPU cores (adsrt bench train,
+    # benchmarks/results/train.csv); the first step of each run compiles (about a minute on a CPU).
+    compile: bool = True
 
 
 PRESETS: dict[str, Preset] = {
@@ -74,14 +79,14 @@ PRESETS: dict[str, Preset] = {
         backbone="nafnet-tiny", crop_size=32, batch_size=4, um_steps=6, um_lr=0.002, target_steps=3,
         target_lr=0.001, val_every=3, val_samples=8, ckpt_every=3, samples_per_epoch=64, path_steps=3,
         faig_images=4, refine_steps=2, dc_steps=6, dc_input_size=32, dc_width=4, dc_depth=2, dc_crop_size=48,
-        dc_batch_size=8, workers=0, calib_images=2,
+        dc_batch_size=8, workers=0, calib_images=2, compile=False,
     ),
     # Minutes to an hour on one GPU: numbers that move.
     "small": Preset(
         backbone="nafnet-small", crop_size=64, batch_size=16, um_steps=4000, um_lr=0.001, target_steps=1000,
         target_lr=0.0002, val_every=500, val_samples=64, ckpt_every=500, samples_per_epoch=2048,
         path_steps=20, faig_images=16, refine_steps=200, dc_steps=1500, dc_input_size=64, dc_width=8,
-        dc_depth=3, dc_crop_size=96, dc_batch_size=32, workers=4,
+        dc_depth=3, dc_crop_size=96, dc_batch_size=32, workers=2,
     ),
     # The bundled default model (adsrt/models/default.safetensors): the small backbone, which runs a
     # 480p frame in ~0.3 s on two CPU cores, trained longer on six degradations in ~1.5 h on one CPU core.
@@ -91,7 +96,7 @@ PRESETS: dict[str, Preset] = {
         backbone="nafnet-small", crop_size=64, batch_size=16, um_steps=6000, um_lr=0.001, target_steps=1000,
         target_lr=0.0002, val_every=1000, val_samples=64, ckpt_every=500, samples_per_epoch=2048,
         path_steps=20, faig_images=16, refine_steps=300, dc_steps=5000, dc_input_size=96, dc_width=16,
-        dc_depth=4, dc_crop_size=96, dc_batch_size=32, workers=2,
+        dc_depth=4, dc_crop_size=96, dc_batch_size=32, workers=1,
     ),
     # The edge model at full size (a few GPU hours).
     "default": Preset(
@@ -117,6 +122,12 @@ class PipelineConfig:
     refine_steps: int | None = None  # None = the preset's
     seed: int = 0
     device: str | None = None
+    # How the restorer stages use the machine (adsrt.train.compute); None: the stage configs' defaults.
+    threads: int | None = None
+    amp: bool | None = None
+    cpu_bf16: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
     progress: bool = True
 
 
@@ -135,16 +146,24 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
     p = PRESETS[cfg.preset]
     env = distributed.setup(cfg.device)
     work = Path(cfg.work)
+    if env.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        # What `adsrt train status WORK` reads to know the plan (stage names and step counts).
+        write_json(work / RUN_FILE, {"config": dataclasses.asdict(cfg), "out": str(Path(cfg.out).resolve()),
+                                     "preset_values": dataclasses.asdict(p), "tag": _tag(cfg),
+                                     "degradation_names": [s.name for s in specs]})
     common = dict(data=cfg.data, crop_size=p.crop_size, batch_size=p.batch_size, val_every=p.val_every,
                   val_samples=p.val_samples, ckpt_every=p.ckpt_every, samples_per_epoch=p.samples_per_epoch,
                   workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    compute = {"compile": p.compile, **{k: getattr(cfg, k) for k in ("threads", "amp", "cpu_bf16", "channels_last",
+                                                                      "compile") if getattr(cfg, k) is not None}}
 
     um_path = work / "um" / "model.safetensors"
     if um_path.is_file():
         log.info("UM: %s exists, skipping", um_path)
     else:
         train_um(UMConfig(out=str(um_path.parent), degradations=tuple(str(s) for s in specs), backbone=p.backbone,
-                          steps=p.um_steps, lr=p.um_lr, **common))
+                          steps=p.um_steps, lr=p.um_lr, **common, **compute))
 
     for s in specs:
         target = work / "targets" / s.name / "model.safetensors"
@@ -152,7 +171,7 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
             log.info("target %s: %s exists, skipping", s.name, target)
             continue
         train_target(TargetConfig(out=str(target.parent), um=str(um_path), degradation=str(s), steps=p.target_steps,
-                                  lr=p.target_lr, **common))
+                                  lr=p.target_lr, **common, **compute))
 
     if env.is_main:
         tag = _tag(cfg)
@@ -164,21 +183,21 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
                                         data=cfg.data, selector=cfg.selector, q=cfg.q, granularity=cfg.granularity,
                                         budget=cfg.budget,
                                         path_steps=p.path_steps, n_images=p.faig_images, batch_size=p.batch_size,
-                                        crop_size=p.crop_size, seed=cfg.seed, device=cfg.device))
+                                        crop_size=p.crop_size, seed=cfg.seed, threads=cfg.threads, device=cfg.device))
             deltas = work / "deltas" / tag / f"{s.name}.safetensors"
             if not deltas.is_file():
                 refine = p.refine_steps if cfg.refine_steps is None else cfg.refine_steps
                 build_deltas(DeltasConfig(um=str(um_path), target=str(target), masks=str(masks), out=str(deltas),
                                           data=cfg.data, refine_steps=refine, batch_size=p.batch_size,
                                           crop_size=p.crop_size, val_samples=p.val_samples, seed=cfg.seed,
-                                          device=cfg.device))
+                                          threads=cfg.threads, device=cfg.device))
         dc_path = work / "classifier" / "model.safetensors"
         if not dc_path.is_file():
             train_classifier(ClassifierTrainConfig(
                 data=cfg.data, out=str(dc_path.parent), degradations=tuple(s.name for s in specs),
                 input_size=p.dc_input_size, width=p.dc_width, depth=p.dc_depth, crop_size=p.dc_crop_size,
                 steps=p.dc_steps, batch_size=p.dc_batch_size, val_samples=p.val_samples * 2,
-                samples_per_epoch=p.samples_per_epoch, workers=p.workers, seed=cfg.seed, device=cfg.device,
+                samples_per_epoch=p.samples_per_epoch, workers=p.workers, threads=cfg.threads, seed=cfg.seed, device=cfg.device,
                 progress=cfg.progress))
         metrics = _write_bundle(cfg, specs, work, tag, um_path, dc_path)
         from adsrt.train.calibrate import CalibrateConfig, run_calibrate

@@ -22,12 +22,17 @@ there the delta holds more than q of the parameters (5.4% at q = 3% for nafnet-s
 ``benchmarks/results/quality.md``: at equal parameters the two budgets are within 0.05 dB, so the
 default keeps the promise "about q of the parameters per degradation".
 
+FAIG resumes: after each of the N path points the gradient sum so far is checkpointed next to the output
+(``<out stem>.checkpoint.safetensors``, removed once the output is written), so a stopped selection goes on
+from the last finished point.
+
 The result file (safetensors) holds ``score/<layer>`` (float32 per unit) for every eligible layer and
 ``units/<layer>`` (int64, sorted) for every layer with selected units, plus a JSON header.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import zlib
@@ -41,10 +46,19 @@ import torch
 from adsrt.ads import GRANULARITIES, UnitLayout, unit_layouts
 from adsrt.arch import NAFNetConfig, build_backbone
 from adsrt.errors import AdsrtError, check_choice
-from adsrt.fileio import atomic_write_bytes
+from adsrt.fileio import atomic_write_bytes, file_sha256
 from adsrt.train import distributed
-from adsrt.train.checkpoint import METADATA_KEY, check_same_architecture, load_backbone_weights, load_weights
+from adsrt.train.checkpoint import (
+    METADATA_KEY,
+    check_same_architecture,
+    load_backbone_weights,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+)
+from adsrt.train.compute import plan_compute
 from adsrt.train.data import DegradedImageDataset
+from adsrt.train.progress import StopSignal, beside
 from adsrt.train.trainer import LOSSES, class_specs, fixed_batches, restoration_loss
 
 log = logging.getLogger(__name__)
@@ -71,7 +85,9 @@ class SelectConfig:
     batch_size: int = 8
     crop_size: int = 128
     loss: str = "l1"
+    threads: int | None = None  # see adsrt.train.compute
     seed: int = 0
+    resume: bool = True
     device: str | None = None
 
 
@@ -90,9 +106,13 @@ def unit_sums(values: torch.Tensor, layout: UnitLayout) -> torch.Tensor:
 def faig_scores(
     config: NAFNetConfig, um_state: Mapping[str, torch.Tensor], target_state: Mapping[str, torch.Tensor],
     batches: Sequence[dict[str, torch.Tensor]], granularity: str, *, path_steps: int = 50, loss: str = "l1",
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", checkpoint: Path | None = None, run_key: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """FAIG-SD score of every unit of every eligible layer (float32, CPU)."""
+    """FAIG-SD score of every unit of every eligible layer (float32, CPU).
+
+    With ``checkpoint``, the gradient sum is saved there after every path point and a run whose
+    checkpoint has the same ``run_key`` starts after the last saved point.
+    """
     if path_steps < 1:
         raise AdsrtError(f"path_steps must be >= 1, got {path_steps}")
     if not batches:
@@ -107,22 +127,40 @@ def faig_scores(
     tg = {k: v.detach().float().to(device) for k, v in target_state.items()}
     grad_sum = {name: torch.zeros_like(um[name]) for name in layouts}
     n_images = sum(len(b["input"]) for b in batches)
-    for t in range(path_steps):
-        alpha = t / path_steps
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(alpha * um[name] + (1.0 - alpha) * tg[name])
-        model.zero_grad(set_to_none=True)
-        for b in batches:
-            x, y = b["input"].to(device), b["target"].to(device)
-            # Weighted by batch size so the gradient is that of the mean loss over all images.
-            (restoration_loss(model(x), y, loss) * (len(x) / n_images)).backward()
-        for name in layouts:
-            grad_sum[name] += params[name].grad
+    start = 0
+    if checkpoint is not None and checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        if state.get("key") != run_key or sorted(state["grad_sum"]) != sorted(grad_sum):
+            raise AdsrtError(f"{checkpoint}: checkpoint of another selection; delete it or use another --out")
+        grad_sum = {n: g.to(device) for n, g in state["grad_sum"].items()}
+        start = int(state["step"])
+        log.info("%s: resuming FAIG after path point %d of %d", checkpoint, start, path_steps)
+    stop = StopSignal() if checkpoint is not None else None
+    with stop or contextlib.nullcontext():
+        for t in range(start, path_steps):
+            _faig_point(model, params, um, tg, layouts, grad_sum, batches, n_images, t / path_steps, loss, device)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {"step": t + 1, "steps": path_steps, "key": run_key, "grad_sum": grad_sum})
+                if t + 1 < path_steps:
+                    stop.check("FAIG", t + 1, checkpoint)
     return {
         name: unit_sums(((tg[name] - um[name]) * grad_sum[name] / path_steps).abs(), layout).cpu()
         for name, layout in layouts.items()
     }
+
+
+def _faig_point(model, params, um, tg, layouts, grad_sum, batches, n_images, alpha, loss, device) -> None:
+    """Add the loss gradient at ``lambda(alpha) = alpha * theta_um + (1 - alpha) * theta_d`` to ``grad_sum``."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(alpha * um[name] + (1.0 - alpha) * tg[name])
+    model.zero_grad(set_to_none=True)
+    for b in batches:
+        x, y = b["input"].to(device), b["target"].to(device)
+        # Weighted by batch size so the gradient is that of the mean loss over all images.
+        (restoration_loss(model(x), y, loss) * (len(x) / n_images)).backward()
+    for name in layouts:
+        grad_sum[name] += params[name].grad
 
 
 def absdiff_scores(um_state: Mapping[str, torch.Tensor], target_state: Mapping[str, torch.Tensor],
@@ -216,8 +254,17 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
         dataset = DegradedImageDataset(cfg.data, [spec], crop_size=cfg.crop_size, samples_per_epoch=cfg.n_images,
                                        seed=cfg.seed + FAIG_SEED_OFFSET)
         device = distributed.setup(cfg.device).device
+        plan_compute(device, threads=cfg.threads, channels_last=False)
+        ckpt = beside(cfg.out, "checkpoint")
+        if not cfg.resume:
+            ckpt.unlink(missing_ok=True)
+        # What the gradient sum depends on (the weights by content: the work folder may have moved to another
+        # machine since), so a checkpoint of any other selection is refused.
+        key = {k: v for k, v in asdict(cfg).items()
+               if k in ("degradation", "granularity", "path_steps", "n_images", "batch_size", "crop_size", "loss", "seed")}
+        key.update(um=file_sha256(cfg.um), target=file_sha256(cfg.target))
         scores = faig_scores(um_config, um_state, t_state, fixed_batches(dataset, cfg.batch_size), cfg.granularity,
-                             path_steps=cfg.path_steps, loss=cfg.loss, device=device)
+                             path_steps=cfg.path_steps, loss=cfg.loss, device=device, checkpoint=ckpt, run_key=key)
     elif cfg.selector == "absdiff":
         scores = absdiff_scores(um_state, t_state, layouts)
     else:
@@ -232,6 +279,7 @@ def run_select(cfg: SelectConfig) -> dict[str, Any]:
         "config": asdict(cfg),
     }
     save_selection(cfg.out, scores, units, header)
+    beside(cfg.out, "checkpoint").unlink(missing_ok=True)
     log.info("%s/%s: %d of %d units (%d layers) -> %s", spec.name, cfg.selector, header["selected_units"],
              eligible, len(units), cfg.out)
     return header

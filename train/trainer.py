@@ -3,27 +3,29 @@
 One loop for both stages: the UM trains from scratch on a mix of degradations, a target (IM) fine-tunes
 a copy of the UM on one degradation. The loop has AdamW with a linear warmup and a cosine decay
 (computed from the step, so resuming needs no scheduler state), an EMA of the weights (what gets
-validated and exported), mixed precision on CUDA only, periodic validation PSNR on held-out crops drawn
-with a fixed seed, atomic checkpoints (``last.pt``), resume from the last checkpoint, a tqdm bar and a
-CSV of the loss curve.
+validated and exported), periodic validation PSNR on held-out crops drawn with a fixed seed, atomic
+checkpoints, resume from the last one, a tqdm bar and a CSV of the loss curve that continues across
+resumes. How it uses the machine (threads, channels_last, autocast, ``torch.compile``) is
+:mod:`adsrt.train.compute`; the batch of every step is fixed by :mod:`adsrt.train.batches`, so a run
+stopped at any moment (SIGTERM: after the current step, with a checkpoint; SIGKILL: from the last periodic
+checkpoint) and resumed, here or on another machine with only the output folder, ends with the same weights
+as one that never stopped.
 
 Under ``torchrun`` the model is wrapped in DDP (gloo on the CPU, nccl on CUDA) and every rank reads its
-own shard of each epoch's sample indices; the dataset draws crops and degradations from
-(seed, epoch, index), so shards never overlap and a resumed run sees exactly the batches it would have
-seen. Only rank 0 validates and writes files.
+own shard of each epoch's samples. Only rank 0 validates and writes files.
 
-Output folder: ``last.pt`` (checkpoint), ``model.safetensors`` (EMA weights + header, written last: its
-presence means the stage is done), ``log.csv`` and ``metrics.json``.
+Output folder: ``checkpoint.safetensors`` (model, EMA, optimizer, step, elapsed time; no pickle),
+``model.safetensors`` (EMA weights + header, written last: its presence means the stage is done),
+``log.csv``, ``metrics.json`` and, with ``snapshot_every``, ``snapshots/step_NNNNNNN.safetensors`` (EMA
+weights along the way, for curves of quality against training time).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,21 +33,32 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from adsrt.arch import BACKBONES, NAFNet, NAFNetConfig, build_backbone
 from adsrt.errors import AdsrtError
-from adsrt.fileio import atomic_write_bytes, write_json
+from adsrt.fileio import write_json
 from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
-from adsrt.train.checkpoint import load_backbone_weights, load_checkpoint, save_checkpoint, save_weights
+from adsrt.train.batches import step_batches
+from adsrt.train.checkpoint import (
+    load_backbone_weights,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from adsrt.train.compute import CompiledStep, plan_compute, prepare_model
 from adsrt.train.data import DegradedImageDataset
 from adsrt.train.degradations import DegradationSpec, parse_specs
+from adsrt.train.progress import StageLog, StopSignal
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("l1", "psnr")
 CSV_FIELDS = ("step", "epoch", "lr", "loss", "val_psnr", "val_input_psnr", "seconds")
+CHECKPOINT = "checkpoint.safetensors"  # a stage folder's resumable state (adsrt.train.checkpoint)
 # Held-out crops are drawn with this offset from the training seed, so they never repeat a training draw.
 VAL_SEED_OFFSET = 7919
 
@@ -70,14 +83,19 @@ class TrainerConfig:
     grad_clip: float = 0.0  # max grad norm; 0 = off
     loss: str = "l1"  # l1 | psnr
     ema_decay: float = 0.999
-    amp: bool = True  # only ever used on CUDA
+    amp: bool = True  # autocast on CUDA (bf16, else fp16); on a CPU see cpu_bf16
+    cpu_bf16: bool = False  # bf16 autocast on a CPU (measure first: adsrt bench train)
+    threads: int | None = None  # torch threads; None: this process's share of its cores (adsrt.train.compute)
+    channels_last: bool = True  # NHWC model and batches (faster convolutions and LayerNorm on a CPU)
+    compile: bool = False  # torch.compile the training step (falls back to eager if it fails)
     samples_per_epoch: int = 2048
     val_every: int = 1000
     val_samples: int = 64
     val_fraction: float = 0.1  # of the images held out for validation (needs >= 5 images)
     ckpt_every: int = 500
     log_every: int = 10
-    workers: int = 2
+    snapshot_every: int = 0  # keep the EMA weights every N steps under snapshots/ (0: never)
+    workers: int = 1  # data loader processes per training process (0: in the training process)
     seed: int = 0
     resume: bool = True
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
@@ -89,6 +107,11 @@ class TrainerConfig:
         for name in ("steps", "batch_size", "val_every", "val_samples", "ckpt_every", "log_every", "samples_per_epoch"):
             if getattr(self, name) < 1:
                 raise AdsrtError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("snapshot_every", "workers"):
+            if getattr(self, name) < 0:
+                raise AdsrtError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise AdsrtError(f"threads must be >= 1, got {self.threads}")
         if not 0.0 < self.lr or self.min_lr < 0 or not 0.0 <= self.ema_decay < 1.0:
             raise AdsrtError(f"bad lr/min_lr/ema_decay: {self.lr}, {self.min_lr}, {self.ema_decay}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -144,29 +167,6 @@ def split_datasets(
     return train, val
 
 
-class ShardSampler(Sampler[int]):
-    """Per-epoch shuffled indices, split into equal contiguous shards per rank; can skip a prefix."""
-
-    def __init__(self, n: int, rank: int, world_size: int, seed: int) -> None:
-        self.n, self.rank, self.world_size, self.seed = n, rank, world_size, seed
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def _shard(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        per_rank = self.n // self.world_size
-        return perm[self.rank * per_rank : (self.rank + 1) * per_rank]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._shard()[self.skip :])
-
-    def __len__(self) -> int:
-        return max(0, self.n // self.world_size - self.skip)
-
-
 class WeightEMA:
     """Exponential moving average of a model's floating-point state (params and buffers)."""
 
@@ -178,11 +178,14 @@ class WeightEMA:
     def update(self, model: nn.Module, step: int) -> None:
         # Warm up the decay so a short run (or the first steps) is not dominated by the random init.
         d = min(self.decay, (1 + step) / (10 + step))
+        floats, sources = [], []
         for e, p in zip(self.model.state_dict().values(), model.state_dict().values(), strict=True):
             if e.is_floating_point():
-                e.lerp_(p.detach(), 1.0 - d)
+                floats.append(e)
+                sources.append(p.detach())
             else:
                 e.copy_(p)
+        torch._foreach_lerp_(floats, sources, 1.0 - d)  # one fused call instead of one lerp per tensor
 
 
 def restoration_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "l1") -> torch.Tensor:
@@ -232,22 +235,34 @@ def cosine_lr(step: int, total: int, lr: float, *, warmup: int = 0, min_lr: floa
     return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 
 
-def scheduled_batches(loader, dataset, optimizer: torch.optim.Optimizer, steps: int,
-                      lr: float) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """``(step, batch)`` for ``steps`` optimizer steps, epoch after epoch (``dataset.set_epoch`` draws each
-    epoch's crops and degradations), the learning rate set by :func:`cosine_lr` before each step. The short
-    loops (classifier, delta refinement) use it; the restorer loop adds resume and DDP around the same idea."""
-    step, epoch = 0, 0
-    while step < steps:
-        dataset.set_epoch(epoch)
-        for batch in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, steps, lr)
-            yield step, batch
-            step += 1
-            if step >= steps:
-                return
-        epoch += 1
+def adamw(params, **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one call per step for all parameters: ~3x faster than the per-tensor
+    foreach path for a small model on a CPU); the foreach path where the fused one is unavailable."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, with every per-parameter tensor given its parameter's memory layout.
+
+    A checkpoint stores tensors contiguous, so a channels_last run gets its moments back in NCHW order;
+    the fused AdamW kernel walks a parameter and its moments in memory order, so mismatched layouts
+    would pair the wrong elements (measured: 1e-3 off after one resumed step). Same layout, same bits.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    optimizer.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _initial_model(cfg: TrainerConfig) -> tuple[NAFNet, NAFNetConfig]:
@@ -263,16 +278,6 @@ def _initial_model(cfg: TrainerConfig) -> tuple[NAFNet, NAFNetConfig]:
     except RuntimeError as exc:
         raise AdsrtError(f"{cfg.init}: weights do not fit the backbone named in their header: {exc}") from exc
     return model, config
-
-
-def _trim_csv(path: Path, last_step: int) -> None:
-    """On resume, drop log rows past the checkpoint (they will be trained again)."""
-    if not path.is_file():
-        return
-    with path.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
-    lines = [",".join(CSV_FIELDS)] + [",".join(r.get(k, "") for k in CSV_FIELDS) for r in rows]
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
 def _check_finite(loss: torch.Tensor, step: int, env: distributed.DistEnv) -> None:
@@ -294,14 +299,25 @@ def _check_finite(loss: torch.Tensor, step: int, env: distributed.DistEnv) -> No
 
 
 StepCallback = Callable[[int, float], None]
+# Called with the name of each part of a training step as it ends ("data", "forward", "backward",
+# "optimizer"): how adsrt.bench.training splits a step's time. None in normal runs.
+PhaseHook = Callable[[str], None]
 
 
-def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback | None = None) -> dict[str, Any]:
+def _save_snapshot(out: Path, step: int, ema: WeightEMA, header: dict[str, Any]) -> None:
+    save_weights(out / "snapshots" / f"step_{step:07d}.safetensors", ema.model.state_dict(),
+                 {**header, "step": step, "snapshot": True})
+
+
+def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback | None = None,
+                 phase: PhaseHook | None = None) -> dict[str, Any]:
     """Train (or resume) one restorer; returns the final validation metrics. See the module doc."""
     cfg.check()
     specs = class_specs(cfg.degradations)
     names = [str(s) for s in specs]
     env = distributed.setup(cfg.device)
+    plan = plan_compute(env.device, threads=cfg.threads, channels_last=cfg.channels_last, amp=cfg.amp,
+                        cpu_bf16=cfg.cpu_bf16, compile=cfg.compile)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -311,49 +327,49 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, world_batch),
         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
     model, config = _initial_model(cfg)
-    model.to(env.device).train()
+    prepare_model(model, plan).train()
     ema = WeightEMA(model, cfg.ema_decay)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and env.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=plan.autocast_dtype == torch.float16)
 
-    step, ckpt_path, csv_path = 0, out / "last.pt", out / "log.csv"
+    step, elapsed, ckpt_path = 0, 0.0, out / CHECKPOINT
     header = {"kind": kind, "backbone": config.to_dict(), "backbone_name": cfg.backbone, "degradations": names,
               "init": cfg.init, "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}
-    if cfg.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, map_location=env.device)
+    resumed = cfg.resume and ckpt_path.is_file()
+    if resumed:
+        state = load_checkpoint(ckpt_path)
         if state.get("backbone") != config.to_dict() or state.get("degradations") != names:
             raise AdsrtError(f"{ckpt_path}: checkpoint of another run (backbone or degradations differ); "
                              "use another --out or --no-resume")
+        if state.get("steps") not in (None, cfg.steps):
+            log.warning("%s: the run was planned for %s steps, now %d: the cosine schedule changes from here",
+                        ckpt_path, state["steps"], cfg.steps)
         model.load_state_dict(state["model"])
         ema.model.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        log.info("%s: resuming from step %d", ckpt_path, step)
-        if env.is_main:
-            _trim_csv(csv_path, step)
-    elif env.is_main and csv_path.exists():
-        csv_path.unlink()
+        set_rng_state(state["rng"])
+        step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        log.info("%s: resuming from step %d (%.0f s trained)", ckpt_path, step, elapsed)
+    log.info("%s: %s", kind, plan.describe())
+    curve = StageLog(out / "log.csv", CSV_FIELDS, resume_step=step if resumed else None, elapsed=elapsed,
+                     write=env.is_main)
 
     val_batches = fixed_batches(val_set, cfg.batch_size) if env.is_main else []
     net: nn.Module = model
     if env.distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-    sampler = ShardSampler(len(train_set), env.rank, env.world_size, cfg.seed)
-    batches_per_epoch = len(train_set) // world_batch
+    compiled = CompiledStep(net, plan.compile)
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {
-            "step": step, "model": model.state_dict(), "ema": ema.model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": step, "steps": cfg.steps, "elapsed": curve.seconds(), "model": model.state_dict(),
+            "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rng_state(),
             "backbone": config.to_dict(), "degradations": names,
         })
 
-    if env.is_main and not csv_path.exists():
-        csv_path.write_text(",".join(CSV_FIELDS) + "\n")
     metrics: dict[str, Any] = {}
     if env.is_main and step == 0:
         metrics = evaluate(ema.model, val_batches, names, env.device)
@@ -363,31 +379,40 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {kind}", unit="step",
                disable=not (env.is_main and cfg.progress))
-    t0, loss_sum, loss_n = time.perf_counter(), 0.0, 0
-    while step < cfg.steps:
-        epoch, offset = divmod(step, batches_per_epoch)
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip=offset * cfg.batch_size)
-        loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            drop_last=True, pin_memory=env.device.type == "cuda")
-        for batch in loader:
+    batches = step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=step, seed=cfg.seed, rank=env.rank,
+                           world_size=env.world_size, workers=cfg.workers, pin_memory=env.device.type == "cuda")
+    batches_per_epoch = len(train_set) // world_batch
+    loss_sum, loss_n = 0.0, 0
+    with StopSignal(enabled=not env.distributed) as stop:
+        for step, batch in batches:
+            if phase:
+                phase("data")
             lr = cosine_lr(step, cfg.steps, cfg.lr, warmup=cfg.warmup_steps, min_lr=cfg.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x = batch["input"].to(env.device, non_blocking=True)
-            y = batch["target"].to(env.device, non_blocking=True)
-            with torch.autocast(env.device.type, dtype=amp_dtype, enabled=use_amp):
-                output = net(x)
-            loss = restoration_loss(output.float(), y, cfg.loss)
-            _check_finite(loss, step, env)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            set_lr(optimizer, lr)
+            x, y = plan.to_input(batch["input"]), plan.to_input(batch["target"])
+
+            def forward_backward(module: nn.Module, x=x, y=y, step=step) -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                with plan.autocast():
+                    output = module(x)
+                loss = restoration_loss(output.float(), y, cfg.loss)
+                if phase:
+                    phase("forward")
+                _check_finite(loss, step, env)
+                scaler.scale(loss).backward()
+                if phase:
+                    phase("backward")
+                return loss
+
+            loss = compiled(forward_backward)
             if cfg.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             ema.update(model, step)
+            if phase:
+                phase("optimizer")
             step += 1
             loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
             bar.update(1)
@@ -395,21 +420,22 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             last = step >= cfg.steps
             val_due = step % cfg.val_every == 0 or last
             if env.is_main and (step % cfg.log_every == 0 or val_due):
-                row: dict[str, Any] = {"step": step, "epoch": epoch, "lr": f"{lr:.3e}",
-                                       "loss": f"{loss_sum / loss_n:.6f}", "seconds": f"{time.perf_counter() - t0:.1f}"}
+                row: dict[str, Any] = {"step": step, "epoch": (step - 1) // batches_per_epoch, "lr": f"{lr:.3e}",
+                                       "loss": f"{loss_sum / loss_n:.6f}"}
                 loss_sum, loss_n = 0.0, 0
                 if val_due:
                     metrics = evaluate(ema.model, val_batches, names, env.device)
                     row.update(val_psnr=f"{metrics['psnr']:.4f}", val_input_psnr=f"{metrics['input_psnr']:.4f}")
                     log.info("step %d: val PSNR %.2f dB (input %.2f dB)", step, metrics["psnr"], metrics["input_psnr"])
-                with csv_path.open("a", newline="") as fh:
-                    csv.DictWriter(fh, CSV_FIELDS).writerow(row)
-            if env.is_main and (step % cfg.ckpt_every == 0 or last):
+                curve.write(row)
+            if env.is_main and cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                _save_snapshot(out, step, ema, header)
+            if env.is_main and (step % cfg.ckpt_every == 0 or last or stop.requested):
                 save(step)
+            if not last:
+                stop.check(f"train {kind}", step, ckpt_path)
             if callback is not None:
                 callback(step, float(loss.detach()))
-            if last:
-                break
     bar.close()
 
     if env.is_main:
@@ -417,9 +443,12 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             metrics = evaluate(ema.model, val_batches, names, env.device)
         metrics = {**metrics, "step": step}
         write_json(out / "metrics.json", metrics)
-        save_weights(out / "model.safetensors", ema.model.state_dict(), {**header, "step": step, "val": metrics})
+        # compile: whether it really ran compiled (False after a fallback to eager).
+        header.update(step=step, seconds=round(curve.seconds(), 1),
+                      compute={**plan.to_dict(), "compile": compiled.compiled},
+                      first_step_seconds=compiled.first_step_seconds)
+        save_weights(out / "model.safetensors", ema.model.state_dict(), {**header, "val": metrics})
         log.info("%s: wrote %s (val PSNR %.2f dB, input %.2f dB)", kind, out / "model.safetensors",
                  metrics["psnr"], metrics["input_psnr"])
     distributed.barrier()
     return metrics
-

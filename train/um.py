@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from adsrt.train.trainer import StepCallback, TrainerConfig, class_specs, run_training
+from adsrt.train.trainer import PhaseHook, StepCallback, TrainerConfig, class_specs, run_training
 
 
 @dataclass(kw_only=True)
@@ -33,8 +33,8 @@ class TargetConfig(TrainerConfig):
     warmup_steps: int = 0
 
 
-def train_um(cfg: UMConfig, *, callback: StepCallback | None = None) -> dict[str, Any]:
-    return run_training(cfg, kind="um", callback=callback)
+def train_um(cfg: UMConfig, *, callback: StepCallback | None = None, phase: PhaseHook | None = None) -> dict[str, Any]:
+    return run_training(cfg, kind="um", callback=callback, phase=phase)
 
 
 def train_target(cfg: TargetConfig, *, callback: StepCallback | None = None) -> dict[str, Any]:

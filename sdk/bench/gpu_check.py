@@ -15,6 +15,8 @@ Checks, in order (each a row of ``OUT/gpu_check.csv`` with status ok / fail / sk
   between classify, update and restore);
 - ``large_arena``: an arena over 2^31 bytes, its last unit updated right (index arithmetic past int32 bytes);
 - ``amp_training``: a few bf16 and fp16 AMP training steps, then a resume from the checkpoint;
+- ``train_speed``: training samples/s of nafnet-small (adsrt.bench.training): bf16 AMP, fp32, NCHW,
+  ``torch.compile``, batch 64 and 128 px crops, into ``OUT/train.csv``;
 - ``bench``: the GPU rows of the ads_update and latency benchmarks, upserted into ``OUT``'s CSVs, and the ADS
   overhead per frame (Restorer, fp16, 720p and 1080p, CUDA graphs off and on: ``OUT/gpu_frames.csv``).
 
@@ -332,7 +334,7 @@ def check_amp_training(ctx: Context) -> str:
             torch.cuda.is_bf16_supported = lambda *a, **k: False
         try:
             train_um(UMConfig(steps=2, **base))
-            metrics = train_um(UMConfig(steps=4, **base))  # resumes from last.pt at step 2
+            metrics = train_um(UMConfig(steps=4, **base))  # resumes from its checkpoint at step 2
         finally:
             torch.cuda.is_bf16_supported = real
         psnr = metrics["psnr"] if metrics else float("nan")
@@ -340,6 +342,21 @@ def check_amp_training(ctx: Context) -> str:
             raise AssertionError(f"{label}: after the resume, step {metrics and metrics.get('step')}, val PSNR {psnr}")
         done.append(f"{label}: 2 + 2 steps resumed, val PSNR {psnr:.2f} dB")
     return "; ".join(done)
+
+
+def check_train_speed(ctx: Context) -> str:
+    """Training throughput on the device: bf16 AMP (v2) against fp32, NCHW, compile and a large batch."""
+    from adsrt.bench.training import COLUMNS, KEY, TrainBenchConfig, run_train_benchmark
+
+    photos = _photo_folder(ctx.out / "photos")
+    with _on_device(ctx):
+        result = run_train_benchmark(TrainBenchConfig(
+            data=str(photos), backbone="nafnet-tiny" if ctx.dry_run else "nafnet-small", steps=2 if ctx.dry_run else 30,
+            warmup=1 if ctx.dry_run else 5, rounds=1 if ctx.dry_run else 2, stages=("um",),
+            variants=("v2",) if ctx.dry_run else ("v2", "v2-fp32", "v2-nchw", "v2-compile", "v2-batch64", "v2-crop128"),
+            device="cuda" if ctx.device.type == "cuda" else "cpu", progress=False))
+    upsert_csv(ctx.out / "train.csv", result.csv_rows(), key=KEY, columns=COLUMNS)
+    return "; ".join(f"{r['variant']} {r['samples_per_s']:.0f} samples/s" for r in result.rows)
 
 
 def check_bench(ctx: Context) -> str:
@@ -430,6 +447,7 @@ CHECKS: dict[str, Callable[[Context], str]] = {
     "sync_free": check_sync_free,
     "large_arena": check_large_arena,
     "amp_training": check_amp_training,
+    "train_speed": check_train_speed,
     "bench": check_bench,
 }
 

@@ -3,6 +3,7 @@
     adsrt bench ads-update [--device cpu|cuda] [--json OUT]      (alias: adsrt bench swap)
     adsrt bench latency [--device D] [--backends ...] [--modes ...] [--sizes ...] [--iters N]
                         [--precision fp32|fp16|bf16] [--threads N] [--json OUT]
+    adsrt bench train --data DIR [--variants ...] [--stages ...] [--steps N] [--rounds N] [--json OUT]
 
 Each prints the benchmark's table and, with ``--json``, writes its stable JSON schema. The recorded
 numbers in ``benchmarks/results/`` come from the scripts in ``benchmarks/`` (the same code).
@@ -53,9 +54,19 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     return _report(args, run_latency_benchmark(config))
 
 
+def cmd_bench_train(args: argparse.Namespace) -> int:
+    from adsrt.bench.timing import comma_list
+    from adsrt.bench.training import TrainBenchConfig, run_train_benchmark
+
+    kw = {k: comma_list(getattr(args, k)) for k in ("variants", "stages") if getattr(args, k)}
+    config = TrainBenchConfig(data=args.data, backbone=args.backbone, steps=args.steps, rounds=args.rounds,
+                              device=args.device, progress=not args.quiet, **kw)
+    return _report(args, run_train_benchmark(config))
+
+
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``bench`` and its benchmarks on the top-level subparsers."""
-    p = sub.add_parser("bench", help="latency benchmarks")
+    p = sub.add_parser("bench", help="latency and training-throughput benchmarks")
     bench = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
 
     p = bench.add_parser("ads-update", aliases=["swap"],
@@ -82,3 +93,17 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_positive_int, help="CPU: torch threads (default: torch's setting)")
     p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench_latency)
+
+    from adsrt.bench.training import DEFAULT_VARIANTS, STAGES, VARIANTS
+
+    p = bench.add_parser("train", help="training samples/s per stage, split into data, forward, backward and "
+                                       "optimizer; v1's code and settings against today's, side by side")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
+    p.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default all)")
+    p.add_argument("--steps", type=_positive_int, default=24, help="timed steps per round (default 24)")
+    p.add_argument("--rounds", type=_positive_int, default=2, help="rounds of every variant in turn (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
+    p.add_argument("--backbone", default="nafnet-small", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_bench_train)

@@ -46,8 +46,11 @@ _TRAINER_OPTIONS = (
     ("--val-every", dict(type=int, help="validate every N steps")),
     ("--val-samples", dict(type=int, help="held-out crops for validation")),
     ("--ckpt-every", dict(type=int, help="checkpoint every N steps")),
+    ("--log-every", dict(type=int, help="a row in OUT/log.csv every N steps")),
     ("--samples-per-epoch", dict(type=int)),
-    ("--workers", dict(type=int, help="data loader workers per process")),
+    ("--workers", dict(type=int, help="data loader workers per process (0: in the training process)")),
+    ("--threads", dict(type=int, help="torch threads per process (default: its share of the cores)")),
+    ("--snapshot-every", dict(type=int, help="keep the EMA weights every N steps under OUT/snapshots/")),
     ("--seed", dict(type=int)),
 )
 
@@ -58,14 +61,28 @@ def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     for flag, keywords in _TRAINER_OPTIONS:
         p.add_argument(flag, **keywords)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    _add_compute_flags(p)
     p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
                    help="start over even if OUT/last.pt exists")
 
 
+_COMPUTE_FLAGS = ("amp", "cpu_bf16", "channels_last", "compile")
+
+
+def _add_compute_flags(p: argparse.ArgumentParser) -> None:
+    """How the restorer stages use the machine (adsrt.train.compute; `adsrt bench train` measures each)."""
+    p.add_argument("--no-amp", dest="amp", action="store_false", default=None, help="no mixed precision on CUDA")
+    p.add_argument("--cpu-bf16", action="store_true", default=None, help="bf16 autocast on a CPU")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                   help="train in NCHW instead of channels_last")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training step (falls back to eager if compiling fails; "
+                        "default: on in the small, bundled and default presets, else off)")
+
+
 def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     names = tuple(flag[2:].replace("-", "_") for flag, _ in _TRAINER_OPTIONS)
-    kw = _given(args, (*names, "device", "amp", "resume"))
+    kw = _given(args, (*names, "device", *_COMPUTE_FLAGS, "resume"))
     return {**kw, "data": args.data, "out": args.out, "progress": not args.quiet}
 
 
@@ -141,7 +158,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     from adsrt.train import distributed
     from adsrt.train.pipeline import PipelineConfig, train_all
 
-    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "seed", "device"))
+    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "seed", "device",
+                       "threads", *_COMPUTE_FLAGS))
     try:
         metrics = train_all(PipelineConfig(data=args.data, out=args.out, work=args.work, progress=not args.quiet, **kw))
     finally:
@@ -200,8 +218,19 @@ def cmd_train_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_status(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.train.status import format_status, status_json, work_status
+
+    stages = work_status(args.work)
+    print(format_status(stages))
+    if args.json:
+        write_json(args.json, status_json(stages))
+    return 0
+
+
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,all}`` and ``adsrt eval``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,all}`` and ``adsrt eval``."""
     add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -271,6 +300,11 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_train_calibrate)
 
+    p = sub.add_parser("status", help="progress, quality so far and ETA of each stage of a `train all` work folder")
+    p.add_argument("work", metavar="WORK", help="the --work folder of `adsrt train all`")
+    p.add_argument("--json", metavar="FILE", help="also write the stages as JSON")
+    p.set_defaults(func=cmd_train_status)
+
     p = sub.add_parser("all", help="run every stage into a work folder and write the bundle")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file (.safetensors)")
@@ -281,7 +315,8 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--q", type=float)
     p.add_argument("--granularity", choices=("kernel", "filter"))
     p.add_argument("--budget", choices=("units", "params"), help="selection budget (see `train select`)")
-    _options(p, int, "--refine-steps", "--seed")
+    _options(p, int, "--refine-steps", "--seed", "--threads")
     _options(p, str, "--device")
+    _add_compute_flags(p)
     p.set_defaults(func=cmd_all)
 

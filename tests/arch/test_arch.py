@@ -168,6 +168,29 @@ def test_layernorm2d_matches_functional_layer_norm() -> None:
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-9)
 
 
+def test_layernorm2d_channels_last_training_path_is_the_same_function() -> None:
+    # Training on channels_last takes the fused layer_norm path; the plain ops (eval, export) are the reference.
+    torch.manual_seed(1)
+    ln = LayerNorm2d(6).double()
+    with torch.no_grad():
+        ln.weight.copy_(torch.randn(1, 6, 1, 1))
+        ln.bias.copy_(torch.randn(1, 6, 1, 1))
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64) * 2 - 1
+    g = torch.randn_like(x)
+    plain_x = x.clone().requires_grad_()
+    plain = ln.eval()(plain_x)
+    plain.backward(g)
+    plain_wgrad = ln.weight.grad.clone()
+    ln.weight.grad = None
+    fused_x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    fused = ln.train()(fused_x)
+    assert fused.is_contiguous(memory_format=torch.channels_last)  # the NHWC layout flows on
+    fused.backward(g)
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused_x.grad, plain_x.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ln.weight.grad, plain_wgrad, rtol=1e-10, atol=1e-10)
+
+
 # ----------------------------------------------------------------------------------------- configs
 
 

@@ -24,7 +24,7 @@ def test_dry_run_runs_every_check_on_the_cpu(tmp_path, capsys, monkeypatch):
     for name in ("ads_update.csv", "latency.csv", "gpu_frames.csv"):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "gpu_check.log").read_text().count("check") >= 1
-    assert "8 of 8 checks passed or skipped" in capsys.readouterr().out
+    assert "9 of 9 checks passed or skipped" in capsys.readouterr().out
 
 
 def test_a_failing_check_is_a_row_and_a_non_zero_exit(tmp_path, monkeypatch):
