@@ -12,6 +12,7 @@ epoch, with prefetch), yielding ``(step, batch)``.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -66,5 +67,13 @@ def step_batches(dataset: Dataset, batch_size: int, *, steps: int, start: int = 
     # A private generator: the loader's worker seeds never draw from (or advance) torch's global RNG.
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=4 if workers else None, persistent_workers=False,
-                        generator=torch.Generator().manual_seed(seed))
+                        generator=torch.Generator().manual_seed(seed),
+                        worker_init_fn=_ignore_sigterm if workers else None)
     yield from enumerate(loader, start)
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """In a loader worker: leave SIGTERM to the training process. A SIGTERM sent to the whole process group
+    (``timeout``, a scheduler, a session ending) would otherwise kill the workers first and turn the
+    trainer's checkpoint-and-stop into a DataLoader crash. A worker still exits when its parent dies."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -77,7 +77,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` (a dict with a ``step``) as one safetensors file, atomically."""
     tensors: dict[str, torch.Tensor] = {}
     data = _pack(state, tensors)
-    header = json.dumps({"kind": CHECKPOINT_KIND, "state": data}, allow_nan=False)
+    try:
+        header = json.dumps({"kind": CHECKPOINT_KIND, "state": data}, allow_nan=False)
+    except ValueError as exc:
+        raise AdsrtError(f"cannot checkpoint a non-finite number ({exc})") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: header}))

@@ -14,6 +14,7 @@ Output folder: ``model.safetensors`` (weights + config + class names, written la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,32 +126,36 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, step, elapsed = out / CHECKPOINT, 0, 0.0
+    # Everything the remaining steps depend on; a checkpoint of any other run is refused.
+    run_key = {"classifier": model_config.to_dict(), "classes": [s.name for s in specs],
+               **{k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "weight_decay", "crop_size", "seed")},
+               "clean_fraction": clean_fraction, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
+    running = {"sum": 0.0, "n": 0}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
         state = load_checkpoint(ckpt_path)
-        if state.get("classifier") != model_config.to_dict() or state.get("classes") != [s.name for s in specs]:
-            raise AdsrtError(f"{ckpt_path}: checkpoint of another classifier run; use another --out")
+        if state.get("key") != run_key:
+            raise AdsrtError(f"{ckpt_path}: checkpoint of another classifier run (settings differ); "
+                             "use another --out or --no-resume")
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         set_rng_state(state["rng"])
         step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        running.update(state["running_loss"])
         log.info("%s: resuming from step %d", ckpt_path, step)
     curve = StageLog(out / "log.csv", CSV_FIELDS, resume_step=step if resumed else None, elapsed=elapsed)
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {"step": step, "steps": cfg.steps, "elapsed": curve.seconds(),
                                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "rng": rng_state(), "classifier": model_config.to_dict(),
-                                    "classes": [s.name for s in specs]})
+                                    "rng": rng_state(), "key": run_key, "running_loss": dict(running)})
 
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.steps, initial=step, desc="train classifier", unit="step", disable=not cfg.progress)
-    loss_sum, loss_n = 0.0, 0
-    resume_at = step
-    with StopSignal() as stop:
-        for step, b in step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=resume_at, seed=cfg.seed,
-                                    workers=cfg.workers):
+    batches = step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=step, seed=cfg.seed, workers=cfg.workers)
+    with StopSignal() as stop, contextlib.closing(batches), contextlib.closing(bar):
+        for step, b in batches:
             lr = cosine_lr(step, cfg.steps, cfg.lr)
             set_lr(optimizer, lr)
             loss = F.cross_entropy(model(plan.to_input(b["input"])), b["label"].to(device))
@@ -158,18 +163,17 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
             loss.backward()
             optimizer.step()
             step += 1
-            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            running["sum"], running["n"] = running["sum"] + float(loss.detach()), running["n"] + 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             last = step >= cfg.steps
             if step % cfg.log_every == 0 or last:
-                curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{loss_sum / loss_n:.5f}"})
-                loss_sum, loss_n = 0.0, 0
+                curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{running['sum'] / running['n']:.5f}"})
+                running.update(sum=0.0, n=0)
             if step % cfg.ckpt_every == 0 or last or stop.requested:
                 save(step)
             if not last:
                 stop.check("train classifier", step, ckpt_path)
-    bar.close()
 
     report = evaluate_classifier(model, fixed_batches(val_set, cfg.batch_size), [s.name for s in specs], device)
     write_json(out / "report.json", report)

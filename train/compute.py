@@ -4,7 +4,8 @@ One place for the choices every stage makes the same way (``adsrt bench train`` 
 ``benchmarks/results/train.csv``):
 
 - **threads**: torch's intra-op threads default to every core the process may run on (its CPU affinity),
-  divided among the ``torchrun`` processes of this machine; an explicit ``OMP_NUM_THREADS`` wins.
+  divided among the processes of this machine (``LOCAL_WORLD_SIZE``); an explicit ``OMP_NUM_THREADS`` wins,
+  and ``torchrun`` sets it to 1 when it starts several processes (``--threads`` overrides both).
 - **channels_last**: the model and its inputs in NHWC. On a CPU, oneDNN's convolutions are faster in it,
   and :class:`adsrt.arch.nafnet.LayerNorm2d` then normalizes with one fused ``layer_norm`` call instead of
   nine elementwise ops (the same function; the eval/export graph keeps its plain ops).

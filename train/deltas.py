@@ -16,6 +16,7 @@ its loss curve in ``<out stem>.log.csv``; both are removed once the output is wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from torch.func import functional_call
 from adsrt.ads import GRANULARITIES, LayerDelta, UnitLayout, extract_delta, unit_layouts
 from adsrt.arch import NAFNet, build_backbone
 from adsrt.errors import AdsrtError
-from adsrt.fileio import atomic_write_bytes
+from adsrt.fileio import atomic_write_bytes, file_sha256
 from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
 from adsrt.train.batches import step_batches
@@ -189,11 +190,16 @@ def _measure_and_refine(
     params = {n: v.clone().requires_grad_(True) for n, v in values.items()}
     optimizer = adamw(params.values(), lr=cfg.lr, weight_decay=0.0)
     ckpt_path, step, elapsed = beside(cfg.out, "checkpoint"), 0, 0.0
+    # The inputs by content (the work folder may have moved) and every setting the remaining steps depend on.
+    run_key = {"spec": str(spec), "um": file_sha256(cfg.um), "target": file_sha256(cfg.target),
+               "masks": file_sha256(cfg.masks), "shapes": {n: list(v.shape) for n, v in values.items()},
+               **{k: getattr(cfg, k) for k in ("refine_steps", "batch_size", "crop_size", "lr", "loss", "seed")}}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
         state = load_checkpoint(ckpt_path)
-        if state.get("spec") != str(spec) or sorted(state["params"]) != sorted(params) or state.get("steps") != cfg.refine_steps:
-            raise AdsrtError(f"{ckpt_path}: checkpoint of another refinement; delete it or use another --out")
+        if state.get("key") != run_key:
+            raise AdsrtError(f"{ckpt_path}: checkpoint of another refinement (inputs or settings differ); "
+                             "delete it or use another --out")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state["params"][n])
@@ -205,12 +211,12 @@ def _measure_and_refine(
 
     def save(step: int) -> None:
         save_checkpoint(ckpt_path, {"step": step, "steps": cfg.refine_steps, "elapsed": curve.seconds(),
-                                    "spec": str(spec), "params": {n: p.detach() for n, p in params.items()},
+                                    "key": run_key, "params": {n: p.detach() for n, p in params.items()},
                                     "optimizer": optimizer.state_dict(), "rng": rng_state()})
 
-    resume_at = step
-    with StopSignal() as stop:
-        for step, b in step_batches(train_set, cfg.batch_size, steps=cfg.refine_steps, start=resume_at, seed=cfg.seed):
+    batches = step_batches(train_set, cfg.batch_size, steps=cfg.refine_steps, start=step, seed=cfg.seed)
+    with StopSignal() as stop, contextlib.closing(batches):
+        for step, b in batches:
             lr = cosine_lr(step, cfg.refine_steps, cfg.lr)
             set_lr(optimizer, lr)
             x, y = b["input"].to(device), b["target"].to(device)

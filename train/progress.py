@@ -108,7 +108,8 @@ class StopSignal:
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
+            # None: the previous handler was set outside Python; the default is the closest we can restore.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
             self._installed = False
 
     def check(self, stage: str, step: int, checkpoint: Path) -> None:

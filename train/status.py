@@ -112,12 +112,16 @@ def work_status(work: str | Path) -> list[StageStatus]:
         folder = work / "targets" / d
         stages.append(_stage(f"target {d}", folder / "model.safetensors", folder / CHECKPOINT, folder / "log.csv",
                              preset["target_steps"], _restorer_quality))
+    config = run.get("config", {})
+    # Only FAIG-based selectors walk a path; a --refine-steps of the run overrides the preset's.
+    path_steps = preset["path_steps"] if config.get("selector", "faig") in ("faig", "encoder") else None
+    refine_steps = preset["refine_steps"] if config.get("refine_steps") is None else config["refine_steps"]
     for d in names:
         out = work / "select" / tag / f"{d}.safetensors"
-        stages.append(_stage(f"select {d}", out, beside(out, "checkpoint"), None, preset["path_steps"], _no_quality))
+        stages.append(_stage(f"select {d}", out, beside(out, "checkpoint"), None, path_steps, _no_quality))
         out = work / "deltas" / tag / f"{d}.safetensors"
         stages.append(_stage(f"deltas {d}", out, beside(out, "checkpoint"), beside(out, "log"),
-                             preset["refine_steps"], _deltas_quality))
+                             refine_steps or None, _deltas_quality))
     folder = work / "classifier"
     stages.append(_stage("classifier", folder / "model.safetensors", folder / CHECKPOINT, folder / "log.csv",
                          preset["dc_steps"], _classifier_quality))

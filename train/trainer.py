@@ -9,7 +9,7 @@ resumes. How it uses the machine (threads, channels_last, autocast, ``torch.comp
 :mod:`adsrt.train.compute`; the batch of every step is fixed by :mod:`adsrt.train.batches`, so a run
 stopped at any moment (SIGTERM: after the current step, with a checkpoint; SIGKILL: from the last periodic
 checkpoint) and resumed, here or on another machine with only the output folder, ends with the same weights
-as one that never stopped.
+as one that never stopped (bit for bit on the same kind of CPU with the same threads; elsewhere to rounding).
 
 Under ``torchrun`` the model is wrapped in DDP (gloo on the CPU, nccl on CUDA) and every rank reads its
 own shard of each epoch's samples. Only rank 0 validates and writes files.
@@ -22,6 +22,7 @@ weights along the way, for curves of quality against training time).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -335,12 +336,19 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
     step, elapsed, ckpt_path = 0, 0.0, out / CHECKPOINT
     header = {"kind": kind, "backbone": config.to_dict(), "backbone_name": cfg.backbone, "degradations": names,
               "init": cfg.init, "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}
+    # What maps a step to its samples: a resume with other values would train on other data than it claims.
+    data_key = {"batch_size": cfg.batch_size, "world_size": env.world_size, "seed": cfg.seed,
+                "crop_size": cfg.crop_size, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
+    running = {"sum": 0.0, "n": 0}  # the loss mean of the next log row (checkpointed: rows read the same)
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
         state = load_checkpoint(ckpt_path)
         if state.get("backbone") != config.to_dict() or state.get("degradations") != names:
             raise AdsrtError(f"{ckpt_path}: checkpoint of another run (backbone or degradations differ); "
                              "use another --out or --no-resume")
+        if state.get("data") != data_key:
+            raise AdsrtError(f"{ckpt_path}: checkpoint of a run with other data settings ({state.get('data')}, now "
+                             f"{data_key}); use the same ones, another --out, or --no-resume")
         if state.get("steps") not in (None, cfg.steps):
             log.warning("%s: the run was planned for %s steps, now %d: the cosine schedule changes from here",
                         ckpt_path, state["steps"], cfg.steps)
@@ -351,6 +359,7 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         step, elapsed = int(state["step"]), float(state.get("elapsed", 0.0))
+        running.update(state["running_loss"])
         log.info("%s: resuming from step %d (%.0f s trained)", ckpt_path, step, elapsed)
     log.info("%s: %s", kind, plan.describe())
     curve = StageLog(out / "log.csv", CSV_FIELDS, resume_step=step if resumed else None, elapsed=elapsed,
@@ -367,7 +376,7 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             "step": step, "steps": cfg.steps, "elapsed": curve.seconds(), "model": model.state_dict(),
             "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "rng": rng_state(),
-            "backbone": config.to_dict(), "degradations": names,
+            "backbone": config.to_dict(), "degradations": names, "data": data_key, "running_loss": dict(running),
         })
 
     metrics: dict[str, Any] = {}
@@ -382,8 +391,8 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
     batches = step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=step, seed=cfg.seed, rank=env.rank,
                            world_size=env.world_size, workers=cfg.workers, pin_memory=env.device.type == "cuda")
     batches_per_epoch = len(train_set) // world_batch
-    loss_sum, loss_n = 0.0, 0
-    with StopSignal(enabled=not env.distributed) as stop:
+    # closing: an exception (a stop, a NaN) shuts the loader's workers down now, not when the frame is freed.
+    with StopSignal(enabled=not env.distributed) as stop, contextlib.closing(batches), contextlib.closing(bar):
         for step, batch in batches:
             if phase:
                 phase("data")
@@ -414,15 +423,15 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
             if phase:
                 phase("optimizer")
             step += 1
-            loss_sum, loss_n = loss_sum + float(loss.detach()), loss_n + 1
+            running["sum"], running["n"] = running["sum"] + float(loss.detach()), running["n"] + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
+            bar.set_postfix(loss=f"{running['sum'] / running['n']:.4f}")
             last = step >= cfg.steps
             val_due = step % cfg.val_every == 0 or last
             if env.is_main and (step % cfg.log_every == 0 or val_due):
                 row: dict[str, Any] = {"step": step, "epoch": (step - 1) // batches_per_epoch, "lr": f"{lr:.3e}",
-                                       "loss": f"{loss_sum / loss_n:.6f}"}
-                loss_sum, loss_n = 0.0, 0
+                                       "loss": f"{running['sum'] / running['n']:.6f}"}
+                running.update(sum=0.0, n=0)
                 if val_due:
                     metrics = evaluate(ema.model, val_batches, names, env.device)
                     row.update(val_psnr=f"{metrics['psnr']:.4f}", val_input_psnr=f"{metrics['input_psnr']:.4f}")
@@ -436,7 +445,6 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
                 stop.check(f"train {kind}", step, ckpt_path)
             if callback is not None:
                 callback(step, float(loss.detach()))
-    bar.close()
 
     if env.is_main:
         if not metrics:

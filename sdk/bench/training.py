@@ -4,9 +4,10 @@ Shared by ``benchmarks/bench_train.py`` (rows into ``benchmarks/results/train.cs
 ``adsrt bench train``. Every row is a real run of a training stage on the photos of ``--data``:
 
 - **Restorer stages** (UM; a target runs the same loop): :func:`adsrt.train.trainer.run_training` for
-  ``warmup + steps`` steps per variant, timed from the step callbacks after ``warmup`` steps (setup, the
-  first validation and, with ``compile``, the compilation are outside the timed steps and reported
-  apart), with the trainer's phase hook splitting each step into data (waiting for the batch: the whole
+  ``warmup + steps + 1`` steps per variant, timed from the step callback of step ``warmup`` to that of
+  step ``warmup + steps`` (setup, the first validation, the compilation with ``compile`` and the last step,
+  which the trainer follows with a checkpoint and a validation, are outside; ``first_step_s`` is the first
+  step's own time, compile included), with the trainer's phase hook splitting each step into data (waiting for the batch: the whole
   synthesis with 0 workers), forward, backward and optimizer (with the EMA). Variants take turns, round
   after round, so the drifts of a shared machine hit them alike; each variant's row is its best round.
   ``loss_delta`` is the mean absolute difference of the per-step loss from ``v1``'s over the same steps
@@ -18,7 +19,8 @@ Shared by ``benchmarks/bench_train.py`` (rows into ``benchmarks/results/train.cs
 Variants (``VARIANTS``): ``v1`` is the code that trained the v1 default model (git commit ``V1_COMMIT``,
 checked out into a temporary worktree and run in a subprocess) with the bundled preset's settings
 (nafnet-small, 16 x 64 px, NCHW, fp32, eager, torch's default threads, 2 loader workers); ``v1-settings``
-is today's code with those settings (what the code changes alone bring); the others change one setting
+is today's code with those settings (the code changes alone; threads are the process's cores in both,
+2 here, torch's default for v1 and today's default policy); the others change one setting
 at a time from ``v2``, the current defaults. Without git or that commit (a shallow clone), ``v1`` is
 skipped with a warning and the speedups are against ``v1-settings``.
 """
@@ -140,10 +142,10 @@ class TrainBenchResult:
 
 
 class _PhaseClock:
-    """The trainer's phase hook: seconds per phase, summed over the steps after ``skip``."""
+    """The trainer's phase hook: seconds per phase, summed over ``count`` steps after the first ``skip``."""
 
-    def __init__(self, device: torch.device, skip: int) -> None:
-        self.device, self.skip = device, skip
+    def __init__(self, device: torch.device, skip: int, count: int) -> None:
+        self.device, self.skip, self.count = device, skip, count
         self.step, self.totals = 0, dict.fromkeys(("data", "forward", "backward", "optimizer"), 0.0)
         self._last = time.perf_counter()
 
@@ -151,7 +153,7 @@ class _PhaseClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         now = time.perf_counter()
-        if self.step >= self.skip:
+        if self.skip <= self.step < self.skip + self.count:
             self.totals[name] += now - self._last
         self._last = now
         if name == "optimizer":
@@ -166,7 +168,7 @@ def _restorer_round(cfg: TrainBenchConfig, v: Variant, work: Path) -> dict[str, 
     from adsrt.train.um import UMConfig, train_um
 
     device = torch.device(cfg.device)
-    clock = _PhaseClock(device, cfg.warmup)
+    clock = _PhaseClock(device, cfg.warmup, cfg.steps)
     marks: list[float] = []
     losses: list[float] = []
 
@@ -175,19 +177,18 @@ def _restorer_round(cfg: TrainBenchConfig, v: Variant, work: Path) -> dict[str, 
         losses.append(loss)
         clock.rearm()
 
-    total, batch = cfg.warmup + cfg.steps, v.batch or cfg.batch
+    total, batch = cfg.warmup + cfg.steps + 1, v.batch or cfg.batch
     run = UMConfig(data=cfg.data, out=str(work / v.name), degradations=DEGRADATIONS, backbone=cfg.backbone,
                    steps=total, batch_size=batch, crop_size=v.crop, val_every=10**9, val_samples=1,
                    ckpt_every=10**9, log_every=10**9, workers=v.workers, channels_last=v.channels_last,
                    cpu_bf16=v.cpu_bf16, amp=v.amp, compile=v.compile, threads=v.threads, device=cfg.device,
                    resume=False, progress=False, samples_per_epoch=max(2048, batch * total))
-    t0 = time.perf_counter()
     train_um(run, callback=callback, phase=clock)
-    seconds = (marks[-1] - marks[cfg.warmup - 1]) / cfg.steps
+    seconds = (marks[-2] - marks[cfg.warmup - 1]) / cfg.steps
     _, _, header = load_backbone_weights(work / v.name / "model.safetensors")
     compute = header["compute"]  # what the trainer resolved (threads, dtype; compile False after a fallback)
     return {
-        "s_per_step": seconds, "losses": losses[cfg.warmup - 1 :], "first_step_s": marks[0] - t0,
+        "s_per_step": seconds, "losses": losses[cfg.warmup : -1], "first_step_s": header["first_step_seconds"],
         "threads": compute["threads"], "dtype": compute["dtype"], "compile": compute["compile"], "batch": batch,
         **{f"{k}_ms": 1e3 * t / cfg.steps for k, t in clock.totals.items()},
     }
@@ -228,7 +229,7 @@ def checkout(commit: str, tmp: Path) -> Path | None:
 
 
 def _commit_round(cfg: TrainBenchConfig, v: Variant, work: Path, root: Path) -> dict[str, Any]:
-    total = cfg.warmup + cfg.steps
+    total = cfg.warmup + cfg.steps + 1
     run = dict(data=str(Path(cfg.data).resolve()), out=str(work / v.name), degradations=list(DEGRADATIONS),
                backbone=cfg.backbone, steps=total, batch_size=cfg.batch, crop_size=v.crop, val_every=10**9,
                val_samples=1, ckpt_every=10**9, log_every=10**9, workers=v.workers, device=cfg.device, resume=False,
@@ -242,7 +243,8 @@ def _commit_round(cfg: TrainBenchConfig, v: Variant, work: Path, root: Path) -> 
     if not out["adsrt"].startswith(str(root)):
         raise AdsrtError(f"the {v.commit} run imported {out['adsrt']}, not the checked-out code")
     marks = out["marks"]
-    return {"s_per_step": (marks[-1] - marks[cfg.warmup - 1]) / cfg.steps, "losses": out["losses"][cfg.warmup - 1 :],
+    # v1's trainer has no phase hook: its first step's time is the wall time to the first callback (setup too).
+    return {"s_per_step": (marks[-2] - marks[cfg.warmup - 1]) / cfg.steps, "losses": out["losses"][cfg.warmup : -1],
             "first_step_s": marks[0] - out["t0"], "threads": out["threads"]}
 
 

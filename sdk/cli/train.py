@@ -57,16 +57,20 @@ _TRAINER_OPTIONS = (
 
 def _add_trainer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors, last.pt, log.csv)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (model.safetensors, checkpoint.safetensors, log.csv)")
     for flag, keywords in _TRAINER_OPTIONS:
         p.add_argument(flag, **keywords)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     _add_compute_flags(p)
-    p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
-                   help="start over even if OUT/last.pt exists")
+    _add_no_resume(p, "OUT/checkpoint.safetensors")
 
 
 _COMPUTE_FLAGS = ("amp", "cpu_bf16", "channels_last", "compile")
+
+
+def _add_no_resume(p: argparse.ArgumentParser, checkpoint: str) -> None:
+    p.add_argument("--no-resume", dest="resume", action="store_false", default=None,
+                   help=f"start over even if {checkpoint} exists")
 
 
 def _add_compute_flags(p: argparse.ArgumentParser) -> None:
@@ -76,8 +80,8 @@ def _add_compute_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="train in NCHW instead of channels_last")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the training step (falls back to eager if compiling fails; "
-                        "default: on in the small, bundled and default presets, else off)")
+                   help="torch.compile the training step (falls back to eager if compiling fails; default: "
+                        "off for `train um/target`, the preset's choice for `train all`: on but for tiny)")
 
 
 def _trainer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,7 +125,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from adsrt.train.select import SelectConfig, run_select
 
     kw = _given(args, ("data", "selector", "q", "granularity", "budget", "path_steps", "n_images", "batch_size", "crop_size",
-                       "loss", "seed", "device"))
+                       "loss", "seed", "threads", "resume", "device"))
     header = run_select(SelectConfig(um=args.um, target=args.target, degradation=args.degradation, out=args.out, **kw))
     print(f"{header['degradation']}: {header['selector']} selected {header['selected_units']} of "
           f"{header['eligible_units']} {header['granularity']} units (q = {header['q']:g}) -> {args.out}")
@@ -131,7 +135,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_deltas(args: argparse.Namespace) -> int:
     from adsrt.train.deltas import DeltasConfig, build_deltas
 
-    kw = _given(args, ("data", "refine_steps", "batch_size", "crop_size", "lr", "loss", "val_samples", "seed", "device"))
+    kw = _given(args, ("data", "refine_steps", "batch_size", "crop_size", "lr", "loss", "val_samples", "ckpt_every",
+                       "seed", "threads", "resume", "device"))
     header = build_deltas(DeltasConfig(um=args.um, target=args.target, masks=args.masks, out=args.out, **kw))
     print(f"{header['degradation']}: delta on {header['masked_units']} units, {header['delta_params']} values "
           f"(refined: {header['refined']}) -> {args.out}")
@@ -145,7 +150,8 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     from adsrt.train.classifier import ClassifierTrainConfig, format_confusion, train_classifier
 
     kw = _given(args, ("degradations", "input_size", "width", "depth", "crop_size", "steps", "batch_size", "lr",
-                       "clean_fraction", "val_samples", "workers", "seed", "device"))
+                       "clean_fraction", "val_samples", "ckpt_every", "log_every", "workers", "seed", "threads",
+                       "resume", "device"))
     report = train_classifier(ClassifierTrainConfig(data=args.data, out=args.out, progress=not args.quiet, **kw))
     print(f"held-out accuracy {report['accuracy']:.3f} on {report['n']} crops")
     print(format_confusion(report))
@@ -262,8 +268,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, help="degraded crops the gradients are taken on")
     _options(p, int, "--batch-size", "--crop-size")
     p.add_argument("--loss", choices=("l1", "psnr"))
-    _options(p, int, "--seed")
+    _options(p, int, "--seed", "--threads")
     _options(p, str, "--device")
+    _add_no_resume(p, "OUT's .checkpoint.safetensors")
     p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("deltas", help="sparse delta of one degradation on its masked units (optionally refined)")
@@ -276,8 +283,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     _options(p, int, "--batch-size", "--crop-size")
     _options(p, float, "--lr")
     p.add_argument("--loss", choices=("l1", "psnr"))
-    _options(p, int, "--val-samples", "--seed")
+    _options(p, int, "--val-samples", "--ckpt-every", "--seed", "--threads")
     _options(p, str, "--device")
+    _add_no_resume(p, "OUT's .checkpoint.safetensors")
     p.set_defaults(func=cmd_deltas)
 
     p = sub.add_parser("classifier", help="train the degradation classifier (k + 1 classes, last = clean)")
@@ -286,8 +294,9 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--degradations", type=_csv)
     _options(p, int, "--input-size", "--width", "--depth", "--crop-size", "--steps", "--batch-size")
     _options(p, float, "--lr", "--clean-fraction")
-    _options(p, int, "--val-samples", "--workers", "--seed")
+    _options(p, int, "--val-samples", "--ckpt-every", "--log-every", "--workers", "--seed", "--threads")
     _options(p, str, "--device")
+    _add_no_resume(p, "OUT/checkpoint.safetensors")
     p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
     p.set_defaults(func=cmd_classifier)
 

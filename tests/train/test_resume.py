@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from safetensors.torch import load_file
 
 from adsrt.cli import main
 from adsrt.train.checkpoint import load_checkpoint, save_checkpoint
+from adsrt.train.progress import read_rows
 from adsrt.train.status import work_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +74,10 @@ def _argv(photos: Path, root: Path) -> list[str]:
             str(root / "model.safetensors"), "--work", str(root / "work"), "--preset", "tiny"]
 
 
+def _drop_seconds(row: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in row.items() if k != "seconds"}
+
+
 def _bundle(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     with safe_open(str(path), framework="pt") as fh:
         meta = json.loads(fh.metadata()["adsrt"])
@@ -114,10 +120,11 @@ def test_stopped_and_resumed_run_gives_the_same_bundle(photos, tmp_path):
     for name, tensor in b_tensors.items():
         assert torch.equal(a_tensors[name], tensor), name  # bit for bit
     assert a_meta == b_meta
-    # The curves continued in place: one row per logged step, no repeats from the redone steps.
-    for log in ("um/log.csv", "classifier/log.csv"):
-        steps = [line.split(",")[0] for line in (stopped / "work" / log).read_text().splitlines()[1:]]
-        assert steps == sorted(set(steps), key=int), (log, steps)
+    # The curves continued in place and read as the uninterrupted run's: the same rows (the redone steps are
+    # not repeated), the same losses and PSNRs; only the clock differs.
+    for log in ("um/log.csv", "targets/noise/log.csv", "targets/blur/log.csv", "classifier/log.csv"):
+        rows = [[_drop_seconds(r) for r in read_rows(root / "work" / log)] for root in (stopped, straight)]
+        assert rows[0] == rows[1], log
     assert not list((stopped / "work").rglob("*.checkpoint.safetensors"))  # select/deltas clean up after themselves
 
 
@@ -147,3 +154,28 @@ def test_status_of_a_work_folder(photos, tmp_path, capsys):
 def test_status_refuses_a_folder_that_is_no_work_folder(tmp_path, capsys):
     assert main(["train", "status", str(tmp_path)]) == 1
     assert "no run.json" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_process_group_stops_cleanly_with_loader_workers(photos, tmp_path):
+    # `timeout`, a scheduler or the end of a session signal the whole group, data loader workers included.
+    out = tmp_path / "um"
+    cmd = [sys.executable, "-m", "adsrt", "-q", "train", "um", "--data", str(photos), "--out", str(out),
+           "--backbone", "nafnet-tiny", "--steps", "100000", "--batch-size", "2", "--crop-size", "32",
+           "--val-every", "100000", "--val-samples", "2", "--log-every", "2", "--ckpt-every", "100000",
+           "--workers", "1", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.csv").is_file() or len((out / "log.csv").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-2000:]
+    assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
+    step = load_checkpoint(out / "checkpoint.safetensors")["step"]
+    assert step >= 4  # checkpointed where it stopped, not at a periodic checkpoint (there was none)
