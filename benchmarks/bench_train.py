@@ -28,8 +28,23 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--csv", type=Path, default=RESULTS)
     parser.add_argument("--no-csv", action="store_true")
+    parser.add_argument("--profile", metavar="VARIANT",
+                        help="instead: torch.profiler's op table of VARIANT's steps -> results/train_profile_VARIANT.txt")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.profile:
+        import tempfile
+
+        from adsrt.bench.training import profile_variant
+
+        with tempfile.TemporaryDirectory() as tmp:
+            text = profile_variant(TrainBenchConfig(data=args.data, steps=args.steps, device=args.device), args.profile,
+                                   Path(tmp))
+        out = args.csv.parent / f"train_profile_{args.profile}.txt"
+        out.write_text(text + "\n")
+        print(text)
+        print(f"-> {out}")
+        raise SystemExit(0)
     result = run_train_benchmark(TrainBenchConfig(data=args.data, variants=args.variants, stages=args.stages,
                                                   steps=args.steps, rounds=args.rounds, device=args.device))
     print(result.table())

@@ -9,12 +9,16 @@ Shared by ``benchmarks/bench_train.py`` (rows into ``benchmarks/results/train.cs
   which the trainer follows with a checkpoint and a validation, are outside; ``first_step_s`` is the first
   step's own time, compile included), with the trainer's phase hook splitting each step into data (waiting for the batch: the whole
   synthesis with 0 workers), forward, backward and optimizer (with the EMA). Variants take turns, round
-  after round, so the drifts of a shared machine hit them alike; each variant's row is its best round.
+  after round, so the drifts of a shared machine hit them alike; each variant's row is its median round, and
+  ``speedup_vs_v1`` the median over rounds of its ratio to ``v1``'s run of the same round.
   ``loss_delta`` is the mean absolute difference of the per-step loss from ``v1``'s over the same steps
   (same seed, so the same samples): near 0 means the same loss curve per sample.
 - **FAIG path, delta refinement, classifier**: each stage function run twice with a small and a larger
   step count (path points, refinement steps, classifier steps); the difference of the two wall times over
   the difference of the steps is the time of one step without the setup.
+- **data** (``data-decode``, ``data-crop``, ``data-degrade``, ``data-collate``): the UM's data side in the
+  training process, seconds per batch: decoding the photos (once per run; per batch of photos), crop + flip +
+  to-tensor, the degradation (the same samples with and without it), collating.
 
 Variants (``VARIANTS``): ``v1`` is the code that trained the v1 default model (git commit ``V1_COMMIT``,
 checked out into a temporary worktree and run in a subprocess) with the bundled preset's settings
@@ -89,9 +93,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 )}
 DEFAULT_VARIANTS = ("v1", "v1-settings", "v2", "v2-workers0", "v2-workers2", "v2-nchw", "v2-bf16", "v2-compile",
                     "v2-compile-bf16", "v2-compile-workers0", "v2-1thread", "v2-crop96", "v2-crop128")
-STAGES = ("um", "faig", "refine", "classifier")
+STAGES = ("um", "faig", "refine", "classifier", "data")
 COLUMNS = ("date", "stage", "variant", "backbone", "crop", "batch", "device", "threads", "workers", "dtype",
-           "channels_last", "compile", "steps", "s_per_step", "samples_per_s", "mpix_per_s", "speedup_vs_v1",
+           "channels_last", "compile", "steps", "rounds", "s_per_step", "samples_per_s", "mpix_per_s", "speedup_vs_v1",
            "data_ms", "forward_ms", "backward_ms", "optimizer_ms", "first_step_s", "loss_delta", "cpu", "torch")
 KEY = ("date", "stage", "variant")
 
@@ -126,7 +130,7 @@ class TrainBenchResult:
             ms = {k: cell(r, k, "6.1f", 6) for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms")}
             speed, dloss = cell(r, "speedup_vs_v1", "5.2f", 5), cell(r, "loss_delta", "7.1e", 7)
             lines.append(f"{r['stage']:<10} {r['variant']:<12} {r['crop']:>4} {r['threads']:>3} {r['workers']:>3} "
-                         f"{r['dtype']:>5} {r['s_per_step']:7.3f} {r['samples_per_s']:9.1f} {r['mpix_per_s']:7.2f} "
+                         f"{r['dtype']:>5} {r['s_per_step']:7.3f} {cell(r, 'samples_per_s', '9.1f', 9)} {cell(r, 'mpix_per_s', '7.2f', 7)} "
                          f"{speed} {ms['data_ms']} {ms['forward_ms']} {ms['backward_ms']} {ms['optimizer_ms']} {dloss}")
         return "\n".join(lines)
 
@@ -254,34 +258,90 @@ def bench_restorer(cfg: TrainBenchConfig, work: Path) -> list[dict[str, Any]]:
     variants = [VARIANTS[n] for n in cfg.variants]
     roots = {c: checkout(c, work / "commits") for c in {v.commit for v in variants if v.commit}}
     variants = [v for v in variants if not v.commit or roots[v.commit] is not None]
-    best: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     threads_before = torch.get_num_threads()
     with tqdm(total=cfg.rounds * len(variants), desc="bench train", disable=not cfg.progress) as bar:
         for _ in range(cfg.rounds):
             for v in variants:
                 r = _commit_round(cfg, v, work, roots[v.commit]) if v.commit else _restorer_round(cfg, v, work)
                 torch.set_num_threads(threads_before)  # each variant resolves its own threads
-                if v.name not in best or r["s_per_step"] < best[v.name]["s_per_step"]:
-                    best[v.name] = r
+                runs[v.name].append(r)
                 bar.update(1)
-    ref = best.get("v1") or best.get("v1-settings")
+    ref_name = "v1" if "v1" in runs else "v1-settings" if "v1-settings" in runs else None
     rows = []
     for v in variants:
-        r = best[v.name]
+        mine = runs[v.name]
+        # The median round; the speedup is the median over rounds of the ratio to the reference's run in the
+        # same round (they ran one after the other), which cancels the slow drifts of a shared machine.
+        r = sorted(mine, key=lambda run: run["s_per_step"])[len(mine) // 2]
         batch = r.get("batch", cfg.batch)
         samples = batch / r["s_per_step"]
+        ref = runs[ref_name][0] if ref_name else None
+        speedup = (float(np.median([a["s_per_step"] / b["s_per_step"] for a, b in zip(runs[ref_name], mine, strict=True)]))
+                   if ref_name else None)
         same_data = (ref is not None and v.crop == VARIANTS["v1"].crop and batch == cfg.batch
                      and len(ref["losses"]) == len(r["losses"]))
         rows.append({
             "stage": "um", "variant": v.name, "backbone": cfg.backbone, "crop": v.crop, "batch": batch,
             "threads": r["threads"], "workers": v.workers, "dtype": r.get("dtype", "fp32"),
             "channels_last": v.channels_last, "compile": r.get("compile", v.compile), "steps": cfg.steps,
-            "s_per_step": r["s_per_step"], "samples_per_s": samples, "mpix_per_s": samples * v.crop**2 / 1e6,
-            "speedup_vs_v1": ref["s_per_step"] / r["s_per_step"] if ref else None,
+            "rounds": cfg.rounds, "s_per_step": r["s_per_step"], "samples_per_s": samples,
+            "mpix_per_s": samples * v.crop**2 / 1e6, "speedup_vs_v1": speedup,
             **{k: r.get(k) for k in ("data_ms", "forward_ms", "backward_ms", "optimizer_ms", "first_step_s")},
             "loss_delta": float(np.mean(np.abs(np.subtract(r["losses"], ref["losses"])))) if same_data else None,
         })
     return rows
+
+
+def profile_variant(cfg: TrainBenchConfig, name: str, work: Path, rows: int = 25) -> str:
+    """torch.profiler's table (self CPU time, top ``rows`` ops) over ``cfg.steps`` UM steps of variant ``name``
+    after ``cfg.warmup`` steps: where the time of a step goes, op by op."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from adsrt.train.um import UMConfig, train_um
+
+    check_choices("variant", (name,), VARIANTS)
+    v = VARIANTS[name]
+    run = UMConfig(data=cfg.data, out=str(work / f"profile-{name}"), degradations=DEGRADATIONS,
+                   backbone=cfg.backbone, steps=cfg.warmup + cfg.steps + 1, batch_size=v.batch or cfg.batch,
+                   crop_size=v.crop, val_every=10**9, val_samples=1, ckpt_every=10**9, log_every=10**9,
+                   workers=v.workers, channels_last=v.channels_last, cpu_bf16=v.cpu_bf16, amp=v.amp,
+                   compile=v.compile, threads=v.threads, device=cfg.device, resume=False, progress=False)
+    with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=cfg.warmup, warmup=0, active=cfg.steps,
+                                                                     repeat=1)) as prof:
+        train_um(run, callback=lambda step, loss: prof.step())
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return f"variant {name}: {cfg.steps} steps after {cfg.warmup}, {torch.get_num_threads()} threads\n{table}"
+
+
+def bench_data(cfg: TrainBenchConfig) -> list[dict[str, Any]]:
+    """The data side of a UM step in the training process, per batch: decode (once per run, shown per batch of
+    photos), crop + flip + to-tensor, the degradation, collate."""
+    from torch.utils.data import default_collate
+
+    from adsrt.train.data import DegradedImageDataset
+
+    t0 = time.perf_counter()
+    data = DegradedImageDataset(cfg.data, DEGRADATIONS, crop_size=64, samples_per_epoch=4096)
+    decode = (time.perf_counter() - t0) / len(data.images) * cfg.batch
+    # The same crops with (nearly) every sample left clean: the difference is the degradation's time.
+    clean = DegradedImageDataset(cfg.data, DEGRADATIONS, crop_size=64, samples_per_epoch=4096, clean_fraction=0.9999)
+    n = cfg.batch * max(4, cfg.steps // 2)
+    timings = {}
+    for name, dataset in (("sample", data), ("crop", clean)):
+        t0 = time.perf_counter()
+        samples = [dataset[i] for i in range(n)]
+        timings[name] = (time.perf_counter() - t0) / n * cfg.batch
+    t0 = time.perf_counter()
+    for i in range(0, n, cfg.batch):
+        default_collate(samples[i : i + cfg.batch])
+    collate = (time.perf_counter() - t0) / (n // cfg.batch)
+    parts = {"decode": decode, "crop": timings["crop"], "degrade": timings["sample"] - timings["crop"],
+             "collate": collate}
+    return [{"stage": f"data-{k}", "variant": "v2", "backbone": "", "crop": 64, "batch": cfg.batch,
+             "threads": torch.get_num_threads(), "workers": 0, "dtype": "", "channels_last": "", "compile": "",
+             "steps": n // cfg.batch, "rounds": 1, "s_per_step": v, "samples_per_s": cfg.batch / v if v > 0 else None,
+             "mpix_per_s": cfg.batch / v * 64**2 / 1e6 if v > 0 else None} for k, v in parts.items()]
 
 
 def _timed(fn, *args) -> float:
@@ -349,6 +409,8 @@ def run_train_benchmark(cfg: TrainBenchConfig) -> TrainBenchResult:
     with tempfile.TemporaryDirectory(prefix="adsrt-bench-train-") as tmp:
         if "um" in cfg.stages:
             rows += bench_restorer(cfg, Path(tmp) / "um")
-        if set(cfg.stages) - {"um"}:
+        if set(cfg.stages) - {"um", "data"}:
             rows += bench_other_stages(cfg, Path(tmp) / "other")
+        if "data" in cfg.stages:
+            rows += bench_data(cfg)
     return TrainBenchResult(rows=rows, machine=machine)
