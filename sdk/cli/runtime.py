@@ -58,7 +58,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         restorer = _restorer(args)
         sink = open_sink(args.output, source, SinkOptions(codec=args.output_codec, rate=args.output_rate,
-                                                          ext=args.output_ext, suffix=args.output_suffix))
+                                                          ext=args.output_ext, suffix=args.output_suffix,
+                                                          overwrite=args.overwrite))
     except BaseException:
         source.close()
         raise
@@ -219,6 +220,8 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--output-ext", metavar="EXT", help="image format of folder outputs (default: the input's, else .png)")
     g.add_argument("--output-suffix", default="_restored",
                    help="suffix of the default output name next to the input (default _restored)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="allow OUTPUT to be the input (or inside the input folder): replaced once the output is complete")
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser("classify", help="degradation probabilities of an image, folder, video or stream")

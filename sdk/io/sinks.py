@@ -53,6 +53,28 @@ class SinkOptions:
     rate: float | None = None  # video frame rate (default: the input's, else 30)
     ext: str | None = None  # image format of folder outputs (default: the input file's, else .png)
     suffix: str = "_restored"  # default output name: next to the input, with this suffix
+    overwrite: bool = False  # allow an output that is the input (or inside the input folder being read)
+
+
+def _input_path(source: FrameSource) -> Path | None:
+    """The local file or folder a source reads, resolved; None for cameras and streams."""
+    path = getattr(source, "path", None)
+    return Path(path).resolve() if path is not None else None
+
+
+def check_not_the_input(output: Path, source: FrameSource, overwrite: bool) -> None:
+    """OutputError when writing ``output`` would replace what ``source`` reads: the same file, the folder
+    being read, or a path inside it. ``overwrite`` allows it (the write is still atomic: the input is
+    replaced only once the output is complete)."""
+    read = _input_path(source)
+    if read is None or overwrite:
+        return
+    out = output.resolve()
+    same = out == read or (out.exists() and read.exists() and os.path.samefile(out, read))
+    inside = read.is_dir() and (out == read or read in out.parents)
+    if same or inside:
+        what = "is the input" if same and not read.is_dir() else "is inside the input folder being read"
+        raise OutputError(f"{output}: the output {what} ({read}); choose another OUTPUT or pass --overwrite")
 
 
 
@@ -196,9 +218,12 @@ def open_sink(uri: str | os.PathLike | None, source: FrameSource, options: SinkO
     """The sink an output URI names for ``source`` (None: next to the input, see the module doc)."""
     options = options or SinkOptions()
     text = os.fspath(uri) if uri is not None else str(source.default_output(options.suffix))
+    if not text.strip():
+        raise OutputError("empty OUTPUT: name a file, a folder or a video (or leave it out to write next to the input)")
     if "://" in text and not text.startswith("file://"):
         raise OutputError(f"{redact(text)}: streaming outputs are not supported; write a video file or a folder")
     path = Path(local_path(text))
+    check_not_the_input(path, source, options.overwrite)
     suffix = path.suffix.lower()
     if suffix in VIDEO_EXTENSIONS:
         if isinstance(source, ImageFileSource):

@@ -31,7 +31,8 @@ def test_study_scores_snapshots_and_resumes(photos, tmp_path, monkeypatch):
         mine = [r for r in rows if r["recipe"] == name]
         steps = int(mine[0]["steps"])
         # the budget bought the steps: steps * CPU seconds per step ~ 0.6 s (at least the floor of 8 steps)
-        assert steps == max(8, int(0.6 / float(mine[0]["cpu_s_per_step"])))
+        # (the CSV rounds the seconds per step to 4 digits, so the quotient may land one step either side)
+        assert abs(steps - max(8, 0.6 / float(mine[0]["cpu_s_per_step"]))) <= 1
         assert int(mine[-1]["snapshot_step"]) == steps and len(mine) >= 2
         for r in mine:
             per = [float(r[f"psnr_{d}"]) for d in recipes.BASE_DEGRADATIONS]

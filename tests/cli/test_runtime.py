@@ -123,6 +123,40 @@ def test_bad_inputs_and_outputs_exit_1(tmp_path, trained_bundle, noisy_file, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "cat.png"]
 
 
+def _digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_an_output_that_is_the_input_is_refused_unless_overwrite(tmp_path, trained_bundle, noisy_file, video_frames,
+                                                                 make_video, capsys, monkeypatch):
+    b = ["--bundle", str(trained_bundle)]
+    video = make_video(tmp_path / "clip.avi", video_frames.noisy[:2])
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    write_image(folder / "a.png", read_image(noisy_file))
+    before = {p: _digest(p) for p in (noisy_file, video, folder / "a.png")}
+    monkeypatch.chdir(tmp_path)  # `adsrt restore cat.png ""` next to the photo wrote cat.png over it
+    cases = [
+        (["cat.png", ""], "empty OUTPUT"),
+        ([str(noisy_file), str(noisy_file)], "the output is the input"),
+        ([str(noisy_file), "./cat.png"], "the output is the input"),  # another spelling of the same file
+        ([str(noisy_file), "--output-suffix", ""], "the output is the input"),  # the default name, no suffix
+        ([str(video), str(video)], "the output is the input"),
+        ([str(folder), str(folder)], "inside the input folder"),
+        ([str(folder), str(folder / "restored")], "inside the input folder"),
+    ]
+    for argv, message in cases:
+        assert main(["-q", "restore", *argv, *b]) == 1, argv
+        assert message in capsys.readouterr().err, argv
+    assert {p: _digest(p) for p in before} == before  # nothing lost
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+    # --overwrite says it is meant: the input is replaced by its restored version.
+    assert main(["-q", "restore", str(noisy_file), str(noisy_file), "--overwrite", *b]) == 0
+    assert _digest(noisy_file) != before[noisy_file] and read_image(noisy_file).shape == read_image(folder / "a.png").shape
+
+
 def test_classify_prints_a_table_or_json(tmp_path, trained_bundle, noisy_file, capsys):
     assert main(["-q", "classify", str(noisy_file), "--bundle", str(trained_bundle)]) == 0
     table = capsys.readouterr().out
