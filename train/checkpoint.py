@@ -32,33 +32,32 @@ CHECKPOINT_KIND = "checkpoint"
 _TENSOR, _INT_KEYS = "__tensor__", "__int_keys__"
 
 
-def _pack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """``value`` as JSON-able data, its tensors moved into ``tensors``."""
+def _pack(value: Any, tensors: dict[str, torch.Tensor], storages: set[int] | None = None) -> Any:
+    """``value`` as JSON-able data, its tensors moved into ``tensors`` (``storages``: their data pointers)."""
+    storages = set() if storages is None else storages
     if isinstance(value, torch.Tensor):
         name = f"t{len(tensors)}"
         tensor = value.detach().cpu().contiguous()
         # safetensors refuses two entries on one storage (tied weights, views): store a copy.
-        if tensor.numel() and tensor.untyped_storage().data_ptr() in _storages(tensors):
+        if tensor.numel() and tensor.untyped_storage().data_ptr() in storages:
             tensor = tensor.clone()
+        if tensor.numel():
+            storages.add(tensor.untyped_storage().data_ptr())
         tensors[name] = tensor
         return {_TENSOR: name}
     if isinstance(value, dict):
         if all(isinstance(k, str) for k in value):
             if _TENSOR in value or _INT_KEYS in value:
                 raise AdsrtError(f"checkpoint keys {_TENSOR!r} and {_INT_KEYS!r} are reserved")
-            return {k: _pack(v, tensors) for k, v in value.items()}
+            return {k: _pack(v, tensors, storages) for k, v in value.items()}
         if all(isinstance(k, int) and not isinstance(k, bool) for k in value):
-            return {_INT_KEYS: {str(k): _pack(v, tensors) for k, v in value.items()}}
+            return {_INT_KEYS: {str(k): _pack(v, tensors, storages) for k, v in value.items()}}
         raise AdsrtError("checkpoint dicts need all-string or all-integer keys")
     if isinstance(value, (list, tuple)):
-        return [_pack(v, tensors) for v in value]
+        return [_pack(v, tensors, storages) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise AdsrtError(f"cannot checkpoint a {type(value).__name__}")
-
-
-def _storages(tensors: dict[str, torch.Tensor]) -> set[int]:
-    return {t.untyped_storage().data_ptr() for t in tensors.values() if t.numel()}
 
 
 def _unpack(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -99,6 +98,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise AdsrtError(f"{path}: not a readable adsrt checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise AdsrtError(f"{path}: not an adsrt training checkpoint")
+    return state
+
+
+def load_run_checkpoint(path: str | os.PathLike, key: Any, what: str) -> dict[str, Any]:
+    """:func:`load_checkpoint`, refused with one line unless it was written by the same run (its ``key``:
+    everything the remaining steps depend on). ``what`` names the run in the message."""
+    state = load_checkpoint(path)
+    if state.get("key") != key:
+        raise AdsrtError(f"{path}: checkpoint of another {what} (inputs or settings differ); delete it, "
+                         "use another output, or pass --no-resume")
     return state
 
 

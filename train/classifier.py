@@ -29,7 +29,7 @@ from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.batches import step_batches
 from adsrt.train.checkpoint import (
-    load_checkpoint,
+    load_run_checkpoint,
     load_weights,
     rng_state,
     save_checkpoint,
@@ -133,10 +133,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     running = {"sum": 0.0, "n": 0}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
-        state = load_checkpoint(ckpt_path)
-        if state.get("key") != run_key:
-            raise AdsrtError(f"{ckpt_path}: checkpoint of another classifier run (settings differ); "
-                             "use another --out or --no-resume")
+        state = load_run_checkpoint(ckpt_path, run_key, "classifier run")
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         set_rng_state(state["rng"])

@@ -39,7 +39,7 @@ from adsrt.train.checkpoint import (
     METADATA_KEY,
     check_same_architecture,
     load_backbone_weights,
-    load_checkpoint,
+    load_run_checkpoint,
     load_weights,
     rng_state,
     save_checkpoint,
@@ -196,10 +196,7 @@ def _measure_and_refine(
                **{k: getattr(cfg, k) for k in ("refine_steps", "batch_size", "crop_size", "lr", "loss", "seed")}}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
-        state = load_checkpoint(ckpt_path)
-        if state.get("key") != run_key:
-            raise AdsrtError(f"{ckpt_path}: checkpoint of another refinement (inputs or settings differ); "
-                             "delete it or use another --out")
+        state = load_run_checkpoint(ckpt_path, run_key, "refinement")
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(state["params"][n])

@@ -52,7 +52,7 @@ from adsrt.train.checkpoint import (
     METADATA_KEY,
     check_same_architecture,
     load_backbone_weights,
-    load_checkpoint,
+    load_run_checkpoint,
     load_weights,
     save_checkpoint,
 )
@@ -129,9 +129,9 @@ def faig_scores(
     n_images = sum(len(b["input"]) for b in batches)
     start = 0
     if checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint)
-        if state.get("key") != run_key or sorted(state["grad_sum"]) != sorted(grad_sum):
-            raise AdsrtError(f"{checkpoint}: checkpoint of another selection; delete it or use another --out")
+        state = load_run_checkpoint(checkpoint, run_key, "selection")
+        if sorted(state["grad_sum"]) != sorted(grad_sum):
+            raise AdsrtError(f"{checkpoint}: checkpoint of another selection (other layers); delete it")
         grad_sum = {n: g.to(device) for n, g in state["grad_sum"].items()}
         start = int(state["step"])
         log.info("%s: resuming FAIG after path point %d of %d", checkpoint, start, path_steps)
