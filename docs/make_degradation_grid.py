@@ -1,10 +1,16 @@
-"""Render docs/degradations.png: sample photos under every synthetic degradation of adsrt.
+"""Render the degradation figures of the README.
 
-Rows are scikit-image sample photos (centre-cropped to a square, resized); columns are the clean
-photo, each base degradation at a moderate and a strong level, and ``mix``. Every cell uses a fixed
-seed, so the figure is reproducible.
+``docs/degradations.png``: the spread of each family. The first row holds the clean scikit-image sample
+photos (resized to the 481 x 321 scale of the training photos, centre crop); every other row is one
+degradation at its typical level, one random draw per cell (the cell's seed), labelled with the style it
+drew; the last row is the clean class as the classifier trains on it, after the camera nuisances.
 
-    .venv/bin/python docs/make_degradation_grid.py [--out docs/degradations.png] [--size 168]
+``docs/degradations_real.png`` (with ``--real DIR``): real rainy and low-light photos (``DIR/rain``,
+``DIR/lowlight``, evenly spaced by name, not picked) above our synthetic ones on the scikit-image photos at
+levels spanning the training range, whole frames at the same scale, so a reader can judge the match by eye.
+The real photos are measurements: nothing is fitted to them.
+
+    .venv/bin/python docs/make_degradation_grid.py [--real ../shared/data/real] [--size 200]
 """
 
 from __future__ import annotations
@@ -16,88 +22,121 @@ import cv2
 import numpy as np
 from skimage import data
 
-from adsrt.train.degradations import DegradationSpec, degrade, plan_mix, sample_blur_kernel
+from adsrt.imageio import list_images, read_image
+from adsrt.train.camera import camera_nuisance
+from adsrt.train.degradations import LEVELS, STYLES, DegradationSpec, degrade, keyed_rng
 
-PHOTOS = ("astronaut", "coffee", "chelsea")
-# (name, level) per column; None is the clean photo.
-COLUMNS: tuple[tuple[str, float] | None, ...] = (
-    None,
-    ("noise", 25),
-    ("noise", 50),
-    ("blur", 2),
-    ("blur", 4),
-    ("rain", 2),
-    ("rain", 5),
-    ("haze", 1.0),
-    ("haze", 2.5),
-    ("snow", 2),
-    ("snow", 5),
-    ("lowlight", 3),
-    ("lowlight", 4.5),
-    ("mix", 0.5),
-)
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")
+KINDS = ("noise", "blur", "rain", "haze", "snow", "lowlight")
+# Synthetic levels beside the real photos: the training range, mildest to strongest.
+REAL_LEVELS = {"rain": (1.5, 2.5, 3.5, 4.5, 5.0), "lowlight": (1.5, 2.25, 3.0, 3.75, 4.5)}
 SEED = 7
-# Show both blur kernels: the moderate column Gaussian, the strong one motion (the seed is searched).
-BLUR_KIND = {2: "gaussian", 4: "motion"}
 LABEL_HEIGHT = 22
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+SCALE = 321  # the short side of the training photos (BSDS500): sizes in px mean the same as in training
 
 
-def load_photo(name: str, size: int) -> np.ndarray:
-    """A scikit-image sample photo, centre-cropped to a square and resized to ``size`` px (RGB uint8)."""
+def load_photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as RGB uint8 with its short side at the training photos' 321 px."""
     img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    h, w = img.shape[:2]
+    f = SCALE / min(h, w)
+    return cv2.resize(img, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
+
+
+def centre_square(img: np.ndarray) -> np.ndarray:
     h, w = img.shape[:2]
     s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    return cv2.resize(img[top : top + s, left : left + s], (size, size), interpolation=cv2.INTER_AREA)
+    return img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
 
 
-def label(cell: np.ndarray, text: str, height: int = LABEL_HEIGHT, scale: float = 0.45) -> np.ndarray:
+def fit(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to fit inside width x height and pad with white (whole frames of any aspect)."""
+    h, w = img.shape[:2]
+    f = min(width / w, height / h)
+    small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    out = np.full((height, width, 3), 255, np.uint8)
+    top, left = (height - small.shape[0]) // 2, (width - small.shape[1]) // 2
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return out
+
+
+def label(cell: np.ndarray, text: str, height: int = LABEL_HEIGHT) -> np.ndarray:
     """Put ``text`` in a white band above ``cell``."""
     band = np.full((height, cell.shape[1], 3), 255, dtype=np.uint8)
+    scale = 0.45 if len(text) < 28 else 0.36
     cv2.putText(band, text, (4, height - 7), FONT, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return np.concatenate([band, cell], axis=0)
 
 
-def render(size: int) -> np.ndarray:
-    rows = []
-    for r, photo in enumerate(PHOTOS):
-        clean = load_photo(photo, size)
+def drawn_style(name: str, clean: np.ndarray, level: float, seed: int) -> str | None:
+    """The style a seed draws, found by pinning each: pinning the drawn one gives the same image."""
+    free = degrade(clean, DegradationSpec(name, level), seed)
+    for style in STYLES.get(name, ()):
+        if np.array_equal(degrade(clean, DegradationSpec(name, level, style), seed), free):
+            return style
+    return None
+
+
+def render_spread(size: int) -> np.ndarray:
+    photos = [centre_square(load_photo(p)) for p in PHOTOS]
+    rows = [np.concatenate([label(cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA), f"clean ({n})")
+                            for p, n in zip(photos, PHOTOS, strict=True)], axis=1)]
+    for r, name in enumerate(KINDS):
+        level = LEVELS[name].default
         cells = []
-        for c, column in enumerate(COLUMNS):
+        for c, clean in enumerate(photos):
             seed = SEED + 100 * r + c
-            if column is None:
-                cells.append(label(clean, f"clean ({photo})"))
-                continue
-            name, level = column
-            spec = DegradationSpec(name, level)
-            text = str(spec)
-            if name == "blur":
-                # Same seed, same first draws: sample_blur_kernel tells which kernel blur will use.
-                while sample_blur_kernel(level, np.random.default_rng(seed))[1] != BLUR_KIND[level]:
-                    seed += 1000
-                text += f" ({BLUR_KIND[level]})"
-            out = degrade(clean, [spec], seed)
-            if name == "mix":
-                # Same seed, same first draws: tells which two degradations this cell got.
-                text = "mix: " + "+".join(str(s) for s in plan_mix(level, np.random.default_rng(seed)))
-            cells.append(label(out, text, scale=0.45 if len(text) < 26 else 0.36))
+            out = degrade(clean, DegradationSpec(name, level), seed)
+            style = drawn_style(name, clean, level, seed)
+            text = f"{name}{'/' + style if style else ''}:{level:g} (draw {c + 1})"
+            cells.append(label(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA), text))
         rows.append(np.concatenate(cells, axis=1))
+    cells = []
+    for c, clean in enumerate(photos):
+        x = camera_nuisance(clean.astype(np.float32) / 255.0, keyed_rng(SEED, "nuisance", str(c)))
+        out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+        cells.append(label(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA), "clean + camera nuisances"))
+    rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+def render_real(real: Path, size: int) -> np.ndarray:
+    width, height = size + size // 5, size  # cells for whole 3:2 frames
+    blocks = []
+    for name, levels in REAL_LEVELS.items():
+        paths = list_images(real / name)
+        if not paths:
+            raise SystemExit(f"{real / name}: no images")
+        picks = [paths[round(i * (len(paths) - 1) / (len(levels) - 1))] for i in range(len(levels))]
+        top = [label(fit(read_image(p), width, height), f"real {name}: {p.name}") for p in picks]
+        bottom = []
+        for c, (photo, level) in enumerate(zip(PHOTOS, levels, strict=True)):
+            out = degrade(load_photo(photo), DegradationSpec(name, level), SEED + c)
+            bottom.append(label(fit(out, width, height), f"ours: {name}:{level:g} ({photo})"))
+        blocks += [np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)]
+    return np.concatenate(blocks, axis=0)
+
+
+def write(path: Path, grid: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise SystemExit(f"could not write {path}")
+    print(f"wrote {path} ({grid.shape[1]}x{grid.shape[0]}, {path.stat().st_size / 1e6:.2f} MB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("degradations.png"))
-    parser.add_argument("--size", type=int, default=168, help="cell size in px (default 168)")
+    parser.add_argument("--real", type=Path, help="folder with rain/ and lowlight/ real photos (the second figure)")
+    parser.add_argument("--real-out", type=Path, default=Path(__file__).with_name("degradations_real.png"))
+    parser.add_argument("--size", type=int, default=200, help="cell size in px (default 200)")
     args = parser.parse_args()
-    grid = render(args.size)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(
-        str(args.out), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
-    ):
-        raise SystemExit(f"could not write {args.out}")
-    print(f"wrote {args.out} ({grid.shape[1]}x{grid.shape[0]}, {args.out.stat().st_size / 1e6:.2f} MB)")
+    write(args.out, render_spread(args.size))
+    if args.real:
+        write(args.real_out, render_real(args.real, args.size))
 
 
 if __name__ == "__main__":

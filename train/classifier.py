@@ -1,8 +1,10 @@
 """Stage 5: the degradation classifier (DC) with k + 1 classes, the last one clean/unknown.
 
 Trained with cross-entropy on random crops degraded by one of the k degradations at a random level
-of its training range, or left clean (``clean_fraction``, default 1 / (k + 1), so classes are
-balanced). Reports the accuracy and the confusion matrix (rows: true class, columns: predicted) on
+of its training range (each a family of styles and physical parameters, :mod:`adsrt.train.degradations`),
+or left clean (``clean_fraction``, default 1 / (k + 1), so classes are balanced), then, with ``nuisance``
+(the default), put through mild camera processing whatever the class (:func:`adsrt.train.camera.camera_nuisance`),
+so what it learns transfers to real photos rather than to the generators' signatures. Reports the accuracy and the confusion matrix (rows: true class, columns: predicted) on
 held-out crops drawn with a fixed seed.
 
 Resumable like the restorer stages: ``checkpoint.safetensors`` every ``ckpt_every`` steps (and on SIGTERM),
@@ -28,6 +30,7 @@ from adsrt.errors import AdsrtError
 from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.batches import step_batches
+from adsrt.train.camera import NuisanceConfig
 from adsrt.train.checkpoint import (
     load_run_checkpoint,
     load_weights,
@@ -63,6 +66,7 @@ class ClassifierTrainConfig:
     input_size: int = 128
     width: int = 16
     depth: int = 4
+    convs: int = 1  # 3x3 convolutions per stage (ClassifierConfig.convs)
     crop_size: int = 128  # also the window the classifier views frames through (ClassifierConfig.window)
     grid: int = 3  # frames larger than a crop are classified on grid x grid windows
     steps: int = 3000
@@ -70,6 +74,7 @@ class ClassifierTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     clean_fraction: float | None = None  # default 1 / (k + 1)
+    nuisance: bool = True  # camera processing on every sample (see the module doc)
     samples_per_epoch: int = 2048
     val_samples: int = 256
     val_fraction: float = 0.1
@@ -109,7 +114,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
         raise AdsrtError("steps and batch_size must be >= 1")
     try:
         model_config = ClassifierConfig(num_classes=k + 1, input_size=cfg.input_size, width=cfg.width, depth=cfg.depth,
-                                        window=cfg.crop_size, grid=cfg.grid)
+                                        convs=cfg.convs, window=cfg.crop_size, grid=cfg.grid)
     except ValueError as exc:
         raise AdsrtError(f"bad classifier shape: {exc}") from exc
     if cfg.ckpt_every < 1 or cfg.log_every < 1:
@@ -120,7 +125,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     train_set, val_set = split_datasets(
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, cfg.batch_size),
-        val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=clean_fraction)
+        val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=clean_fraction,
+        nuisance=NuisanceConfig() if cfg.nuisance else None)
     model = build_classifier(model_config).to(device).train()
     optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
@@ -129,7 +135,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     # Everything the remaining steps depend on; a checkpoint of any other run is refused.
     run_key = {"classifier": model_config.to_dict(), "classes": [s.name for s in specs],
                **{k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "weight_decay", "crop_size", "seed")},
-               "clean_fraction": clean_fraction, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
+               "clean_fraction": clean_fraction, "nuisance": cfg.nuisance, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
     running = {"sum": 0.0, "n": 0}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
@@ -187,12 +193,28 @@ def evaluate_classifier(model: DegradationClassifier, batches: list[dict[str, to
                         device: torch.device | str = "cpu") -> dict[str, Any]:
     model.eval()
     true = torch.cat([b["label"] for b in batches])
-    pred = torch.cat([model(b["input"].to(device)).argmax(1).cpu() for b in batches])
+    probs = torch.cat([torch.softmax(model(b["input"].to(device)), 1).cpu() for b in batches])
+    pred = probs.argmax(1)
     classes = [*names, "clean"]
     cm = confusion_matrix(true, pred, len(classes))
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
     return {"accuracy": float((true == pred).float().mean()), "n": len(true), "classes": classes,
-            "confusion": cm.tolist(), "per_class_accuracy": per_class}
+            "confusion": cm.tolist(), "per_class_accuracy": per_class,
+            "ece": expected_calibration_error(probs, true)}
+
+
+def expected_calibration_error(probs: torch.Tensor, true: torch.Tensor, bins: int = 10) -> float:
+    """ECE (Guo et al. 2017) at T = 1: the mean over equal-width confidence bins of |accuracy - confidence|,
+    weighted by the share of samples in the bin. 0 means the top probability is as often right as it says."""
+    confidence, pred = probs.max(1)
+    hit = (pred == true).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > lo) & (confidence <= hi)
+        if inside.any():
+            ece += float(inside.float().mean()) * abs(float(hit[inside].mean()) - float(confidence[inside].mean()))
+    return ece
 
 
 def load_classifier(path: str | Path) -> tuple[ClassifierConfig, dict[str, torch.Tensor], dict[str, Any]]:

@@ -3,6 +3,9 @@
 - :class:`DegradedImageDataset`: clean photos from a folder, random crop + horizontal flip, degraded on
   the fly by one of the given degradation specs (the label is its index; with ``clean_fraction`` > 0,
   some samples stay clean and get the extra label ``len(specs)``, the classifier's clean/unknown class).
+  With ``nuisance`` set, every input, clean ones included, then goes through mild camera processing
+  (:func:`adsrt.train.camera.camera_nuisance`: resize, sharpening, sensor noise, JPEG), the classifier's
+  training data: a class must not be told apart by "has JPEG blocks" or "is perfectly noise-free".
 - :class:`PairedImageDataset`: a folder of degraded images and a folder of clean ones, matched by file
   stem, for evaluation on fixed pairs.
 
@@ -25,6 +28,7 @@ from torch.utils.data import Dataset
 
 from adsrt.errors import DataError, ImageReadError
 from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image
+from adsrt.train.camera import NuisanceConfig, camera_nuisance
 from adsrt.train.degradations import DegradationSpec, degrade, parse_specs, sample_level
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ class DegradedImageDataset(Dataset):
         crop_size: int = 128,
         samples_per_epoch: int | None = None,
         clean_fraction: float = 0.0,
+        nuisance: NuisanceConfig | None = None,
         seed: int = 0,
     ) -> None:
         if not specs:
@@ -97,6 +102,7 @@ class DegradedImageDataset(Dataset):
         self.crop_size = crop_size
         self.samples_per_epoch = samples_per_epoch or len(self.images)
         self.clean_fraction = clean_fraction
+        self.nuisance = nuisance
         self.seed = seed
         self.epoch = 0
         log.info("%s: %d clean images, specs %s", folder, len(self.images), [str(s) for s in self.specs])
@@ -129,9 +135,12 @@ class DegradedImageDataset(Dataset):
             label = int(rng.integers(len(self.specs)))
             spec = self.specs[label]
             if spec.level is None:
-                spec = DegradationSpec(spec.name, sample_level(spec.name, rng))
+                spec = DegradationSpec(spec.name, sample_level(spec.name, rng), spec.style)
             level = float(spec.level)
             degraded = degrade(clean, spec, rng)
+        if self.nuisance is not None:
+            degraded = camera_nuisance(degraded.astype(np.float32) / np.float32(255.0), rng, self.nuisance)
+            degraded = np.clip(np.rint(degraded * 255.0), 0, 255).astype(np.uint8)
         return {
             "input": to_tensor(degraded),
             "target": to_tensor(clean),

@@ -18,6 +18,10 @@ is the bundle with its UM weights replaced by the target's).
 plus the classifier's accuracy (argmax == true class) and its mean probabilities. A score that cannot
 exist (no classifier, a degradation the bundle has no delta for, no target) is ``None``, never a guess.
 
+The spec ``clean`` leaves the photos as they are: the "do no harm" row, where the restorer should change
+little (PSNR of its output against the photo itself; the input column stays empty) and the classifier
+should say "clean" (its accuracy is the share of photos it calls clean).
+
 Two sources of data: clean photos degraded on the fly (one generator per degradation and file, keyed
 by the seed, so a run is reproducible and independent of folder order), or ready-made degraded/clean
 pairs matched by file name. Images are restored whole, one at a time (the eval sets are small photos).
@@ -49,6 +53,7 @@ from adsrt.train.degradations import degrade, keyed_rng, parse_specs
 log = logging.getLogger(__name__)
 
 METHODS = ("input", "um", "ads", "ads_oracle", "im")
+CLEAN_SPEC = "clean"  # the photos as they are (see the module doc)
 
 
 @dataclass(kw_only=True)
@@ -109,7 +114,7 @@ def synthetic_cases(clean_dir: str | Path, degradations: Sequence[str], seed: in
         raise DataError(f"{folder}: no images in this folder")
     if not degradations:
         raise AdsrtError("no degradations given")
-    plans = {text: parse_specs(text) for text in degradations}  # validates before any work
+    plans = {text: ([] if text == CLEAN_SPEC else parse_specs(text)) for text in degradations}  # validates first
     if len(plans) != len(degradations):
         raise AdsrtError(f"degradations repeat: {list(degradations)}")
     cases = []
@@ -117,8 +122,8 @@ def synthetic_cases(clean_dir: str | Path, degradations: Sequence[str], seed: in
         clean = read_image(path)
         for text, plan in plans.items():
             # A composition has no single class, so it has no oracle or classifier truth.
-            label = plan[0].name if len(plan) == 1 else None
-            degraded = degrade(clean, plan, keyed_rng(seed, text, path.name))
+            label = CLEAN_SPEC if not plan else plan[0].name if len(plan) == 1 else None
+            degraded = clean.copy() if not plan else degrade(clean, plan, keyed_rng(seed, text, path.name))
             cases.append(EvalCase(text, path.name, degraded, clean, label))
     return cases
 
@@ -208,7 +213,7 @@ def evaluate_cases(
             s = scores.setdefault(case.key, _Scores())
             label_index = bundle.degradations.index(case.label) if case.label in bundle.degradations else None
             outputs: dict[str, np.ndarray | None] = dict.fromkeys(METHODS)
-            if "input" in methods:
+            if "input" in methods and case.label != CLEAN_SPEC:  # a clean input scores infinite PSNR
                 outputs["input"] = case.degraded
             if um is not None:
                 outputs["um"] = um.restore(case.degraded)

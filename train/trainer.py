@@ -42,6 +42,7 @@ from adsrt.fileio import write_json
 from adsrt.metrics import batch_psnr
 from adsrt.train import distributed
 from adsrt.train.batches import step_batches
+from adsrt.train.camera import NuisanceConfig
 from adsrt.train.checkpoint import (
     load_backbone_weights,
     load_checkpoint,
@@ -90,6 +91,9 @@ class TrainerConfig:
     channels_last: bool = True  # NHWC model and batches (faster convolutions and LayerNorm on a CPU)
     compile: bool = False  # torch.compile the training step (falls back to eager if it fails)
     samples_per_epoch: int = 2048
+    # Share of samples left clean (input = target): a blind restorer that never saw a clean frame
+    # "restores" one anyway (v1's UM changed clean CBSD68 photos to 28.1 dB); these teach it to leave one alone.
+    clean_fraction: float = 0.0
     val_every: int = 1000
     val_samples: int = 64
     val_fraction: float = 0.1  # of the images held out for validation (needs >= 5 images)
@@ -111,6 +115,8 @@ class TrainerConfig:
         for name in ("snapshot_every", "workers"):
             if getattr(self, name) < 0:
                 raise AdsrtError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.clean_fraction < 1.0:
+            raise AdsrtError(f"clean_fraction must be in [0, 1), got {self.clean_fraction}")
         if self.threads is not None and self.threads < 1:
             raise AdsrtError(f"threads must be >= 1, got {self.threads}")
         if not 0.0 < self.lr or self.min_lr < 0 or not 0.0 <= self.ema_decay < 1.0:
@@ -141,6 +147,7 @@ def class_specs(degradations: Sequence[str]) -> list[DegradationSpec]:
 def split_datasets(
     folder: str, specs: Sequence[DegradationSpec], *, crop_size: int, samples_per_epoch: int,
     val_samples: int, val_fraction: float, seed: int, clean_fraction: float = 0.0,
+    nuisance: NuisanceConfig | None = None,
 ) -> tuple[DegradedImageDataset, DegradedImageDataset]:
     """Training and validation datasets over one decoded folder.
 
@@ -149,7 +156,7 @@ def split_datasets(
     different fixed seed (logged, since it measures fit more than generalization).
     """
     full = DegradedImageDataset(folder, specs, crop_size=crop_size, samples_per_epoch=samples_per_epoch,
-                                clean_fraction=clean_fraction, seed=seed)
+                                clean_fraction=clean_fraction, nuisance=nuisance, seed=seed)
     n = len(full.images)
     train, val = full, copy.copy(full)
     if n >= 5 and val_fraction > 0:
@@ -326,7 +333,8 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
     world_batch = cfg.batch_size * env.world_size
     train_set, val_set = split_datasets(
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, world_batch),
-        val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=cfg.clean_fraction)
+    val_set.clean_fraction = 0.0  # validation measures restoration: an identity sample would score 100 dB
     model, config = _initial_model(cfg)
     prepare_model(model, plan).train()
     ema = WeightEMA(model, cfg.ema_decay)
@@ -338,7 +346,8 @@ def run_training(cfg: TrainerConfig, *, kind: str = "um", callback: StepCallback
               "init": cfg.init, "config": {k: v for k, v in asdict(cfg).items() if k != "progress"}}
     # What maps a step to its samples: a resume with other values would train on other data than it claims.
     data_key = {"batch_size": cfg.batch_size, "world_size": env.world_size, "seed": cfg.seed,
-                "crop_size": cfg.crop_size, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
+                "crop_size": cfg.crop_size, "samples_per_epoch": len(train_set), "images": len(train_set.images),
+                **({"clean_fraction": cfg.clean_fraction} if cfg.clean_fraction else {})}
     running = {"sum": 0.0, "n": 0}  # the loss mean of the next log row (checkpointed: rows read the same)
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:

@@ -30,6 +30,10 @@ class ClassifierConfig(HeaderConfig):
     input_size: int = 128
     width: int = 16
     depth: int = 4
+    # 3x3 convolutions per stage, the first strided. One (bundles before this field) sees each scale
+    # through a single filter bank; a second, unstrided one combines them (oriented thin streaks against
+    # flakes, noise against texture), which the real-photo transfer needed (adsrt.train.classifier).
+    convs: int = 1
     window: int = 0
     grid: int = 3
     # Softmax temperature the runtime applies by default: c = softmax(logits / T)[:k]. Calibrated after
@@ -43,6 +47,7 @@ class ClassifierConfig(HeaderConfig):
             raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         check_int("width", self.width, 1)
         check_int("depth", self.depth, 1)
+        check_int("convs", self.convs, 1)
         check_int("window", self.window, 0)
         check_int("grid", self.grid, 1)
         # Each stage halves the resolution; the last stage must still see at least one pixel.
@@ -50,15 +55,24 @@ class ClassifierConfig(HeaderConfig):
 
 
 class ConvReLU(nn.Module):
-    """3x3 stride-2 conv + ReLU: one classifier stage (named so weights read ``stages.i.conv``)."""
+    """3x3 stride-2 conv + ReLU, then ``convs - 1`` unstrided 3x3 conv + ReLU: one classifier stage.
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    Weights read ``stages.i.conv`` and ``stages.i.more.j`` (absent with one conv, so older bundles load).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, convs: int = 1) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
         self.act = nn.ReLU(inplace=True)
+        if convs > 1:
+            layers: list[nn.Module] = []
+            for _ in range(convs - 1):
+                layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+            self.more = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.conv(x))
+        x = self.act(self.conv(x))
+        return self.more(x) if hasattr(self, "more") else x
 
 
 class DegradationClassifier(nn.Module):
@@ -85,7 +99,7 @@ class DegradationClassifier(nn.Module):
         c_in = 3
         for i in range(config.depth):
             c_out = config.width * 2**i
-            stages.append(ConvReLU(c_in, c_out))
+            stages.append(ConvReLU(c_in, c_out, config.convs))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
         self.head = nn.Linear(c_in, config.num_classes)

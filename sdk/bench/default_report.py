@@ -15,19 +15,23 @@ The code of ``benchmarks/bench_default.py`` (a thin wrapper around :func:`main`)
    predicted class, the degradations then "clean"): the argmax of the runtime's probabilities,
    :meth:`adsrt.runtime.restorer.Restorer.classify` on the torch backend (the bundle's input contract
    and temperature), the same call ``adsrt eval`` scores its accuracy with.
-3. Real photos without ground truth: every subfolder of --real named after a degradation of the bundle
+3. Do no harm: the clean CBSD68 photos as input (spec ``clean`` of :mod:`adsrt.train.evaluate`): PSNR/SSIM
+   of UM and ADS against the photo itself (a restorer should change a clean photo little) and the share
+   the classifier calls clean.
+4. Real photos without ground truth: every subfolder of --real named after a degradation of the bundle
    (``rain``, ``lowlight``, ...; others are skipped with a log line) is classified image by image (the same
-   :meth:`~adsrt.runtime.restorer.Restorer.classify`);
-   per folder: n, the share classified as that degradation, its mean probability, the top guesses.
-4. Parameters (UM, ADS deltas, classifier, IM = k x UM) and GMACs at 1280x720 (UM, classifier).
-5. Peers as their papers report them (constants below; other data, other protocols: not comparable).
+   :meth:`~adsrt.runtime.restorer.Restorer.classify`); per folder, as a distribution: n, the top-1 share
+   of that degradation, the mean and quartiles of its probability, the top guesses, and a histogram of the
+   probability (``default_real.png``, with the top guesses beside it).
+5. Parameters (UM, ADS deltas, classifier, IM = k x UM) and GMACs at 1280x720 (UM, classifier).
+6. Peers as their papers report them (constants below; other data, other protocols: not comparable).
 
 Everything computed is cached in OUT/default_eval.json, keyed by the bundle digest, the data, the levels,
 the seed and the targets, so a re-run only rewrites the tables and the plot; --force recomputes.
 Writes into --out (default benchmarks/results/, which the script passes to :func:`main`):
 default_quality.csv, default_confusion.csv, default_real.csv (rows keyed by bundle digest and row name,
 upserted with :func:`adsrt.fileio.upsert_csv`: rows of another bundle are kept, marked by their digest),
-default_report.md, default_psnr_vs_params.png. Prints the quality table and whether ADS
+default_report.md, default_psnr_vs_params.png, default_real.png. Prints the quality table and whether ADS
 beats UM on every degradation (--check: exit status 1 when it does not).
 """
 
@@ -56,8 +60,9 @@ from adsrt.fileio import atomic_write_bytes, upsert_csv, write_json
 from adsrt.imageio import list_images, read_image
 from adsrt.runtime.backends import resolve_device
 from adsrt.runtime.restorer import CLEAN, Restorer, RestorerConfig, resolve_bundle
-from adsrt.train.degradations import LEVELS
+from adsrt.train.degradations import LEVELS, generator_digest
 from adsrt.train.evaluate import (
+    CLEAN_SPEC,
     METHODS,
     EvalCase,
     evaluate_cases,
@@ -216,6 +221,8 @@ def classify_real(bundle: Bundle, real_dir: str | Path, device: torch.device, ma
             "n": len(paths),
             "hit_share": float(np.mean([t == name for t in top])),
             "mean_probability": float(probs[:, index].mean()),
+            "probability_quartiles": np.percentile(probs[:, index], [25, 50, 75]).round(4).tolist(),
+            "probabilities": probs[:, index].round(4).tolist(),  # per photo, by name: the histogram
             "top_guesses": {c: int(sum(t == c for t in top)) for c in classes},
             "mean_probabilities": dict(zip(classes, probs.mean(0).round(4).tolist(), strict=True)),
         }
@@ -300,7 +307,7 @@ def eval_key(args: argparse.Namespace, bundle: Bundle, digest: str, specs: list[
         targets = {name: _file_stamp(Path(args.targets) / "targets" / name / "model.safetensors")
                    for name in bundle.degradations}
     return {"bundle": digest, "eval": str(Path(args.eval).resolve()), "images": [p.name for p in images],
-            "specs": specs, "seed": args.seed, "protocol": "adsrt", "targets": targets,
+            "specs": specs, "generators": generator_digest(), "seed": args.seed, "protocol": "adsrt", "targets": targets,
             "targets_dir": str(Path(args.targets).resolve()) if args.targets else None, "adsrt": __version__}
 
 
@@ -439,16 +446,31 @@ def markdown(data: dict[str, Any], meta: dict[str, Any]) -> str:
         for true, r in confusion["rows"].items():
             lines.append(f"| {true} | " + " | ".join(f"{r['shares'][c]:.2f}" for c in classes) + f" | {r['n']} |")
 
+    harm = data.get("harm")
+    if harm:
+        r = harm["report"]["results"][CLEAN_SPEC]
+        lines += ["", "## Do no harm: clean photos in", "",
+                  f"The {r['n']} clean CBSD68 photos as input; PSNR / SSIM of the output against the photo itself "
+                  "(higher: the restorer changed less), and the share the classifier calls clean.", "",
+                  "| input | UM | ADS | classified clean |", "|---|---|---|---|",
+                  f"| clean | {_fmt(r['psnr']['um'])} / {_fmt(r['ssim']['um'], 4)} | "
+                  f"{_fmt(r['psnr'].get('ads'))} / {_fmt(r['ssim'].get('ads'), 4)} | {_pct(r['dc_accuracy'])} |"]
+
     real = data.get("real")
     if real:
         lines += ["", "## Real photos, no ground truth: what the classifier says", "",
                   f"`{meta['real_arg']}`"
                   + (f" (first {meta['max_images']} per folder)" if meta["max_images"] else "")
                   + "; each subfolder holds photos of the degradation it is named after.", "",
-                  "| folder | n | classified as it | mean p(it) | top guesses |", "|---|---|---|---|---|"]
+                  "| folder | n | top-1 it | mean p(it) | p(it) quartiles | top guesses |", "|---|---|---|---|---|---|"]
         for name, r in real["result"]["folders"].items():
             guesses = ", ".join(f"{c} {v}" for c, v in sorted(r["top_guesses"].items(), key=lambda kv: -kv[1]) if v)
-            lines.append(f"| {name} | {r['n']} | {_pct(r['hit_share'])} | {r['mean_probability']:.2f} | {guesses} |")
+            quart = " / ".join(f"{q:.2f}" for q in r.get("probability_quartiles", []))
+            lines.append(f"| {name} | {r['n']} | {_pct(r['hit_share'])} | {r['mean_probability']:.2f} | {quart} | "
+                         f"{guesses} |")
+        lines += ["", "![real photos](default_real.png)", "",
+                  "Left: histogram of the probability the classifier gives the folder's degradation, per photo; "
+                  "right: its top-1 guesses."]
         if real["result"]["skipped"]:
             skipped = ", ".join(f"`{s}/`" for s in real["result"]["skipped"])
             lines += ["", f"Skipped (not a degradation of this bundle): {skipped}."]
@@ -550,6 +572,39 @@ def plot(path: Path, data: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def plot_real(path: Path, real: dict[str, Any], label: str) -> None:
+    """Per real-photo folder: the histogram of p(its degradation) per photo, and the top-1 guesses."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folders = {n: r for n, r in real["folders"].items() if r.get("probabilities")}
+    if not folders:
+        return
+    fig, axes = plt.subplots(len(folders), 2, figsize=(11, 2.8 * len(folders)), dpi=110, squeeze=False)
+    for (name, r), (hist, bars) in zip(folders.items(), axes, strict=True):
+        hist.hist(r["probabilities"], bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
+        hist.axvline(r["mean_probability"], color="k", lw=1, ls="--", label=f"mean {r['mean_probability']:.2f}")
+        hist.set_xlim(0, 1)
+        hist.set_xlabel(f"p({name}) per photo")
+        hist.set_ylabel("photos")
+        hist.set_title(f"real {name}: {r['n']} photos, top-1 {name} {r['hit_share']:.0%}")
+        hist.legend(fontsize=8)
+        classes = list(r["top_guesses"])
+        counts = [r["top_guesses"][c] for c in classes]
+        bars.barh(classes, counts, color=["tab:green" if c == name else "tab:gray" for c in classes])
+        bars.invert_yaxis()
+        bars.set_xlabel("photos (top-1 guess)")
+        bars.set_title("what the classifier says")
+    fig.suptitle(f"Real photos without ground truth, classifier of {label}", fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 # -------------------------------------------------------------------------------------------------- run
 
 
@@ -601,6 +656,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         log.info("CBSD68 scores from the cache %s (--force recomputes)", cache_path)
 
+    key = {**eval_key(args, bundle, digest, [CLEAN_SPEC]), "methods": ["um", "ads"]}
+    if not _same(data.get("harm", {}).get("key"), key):
+        cases = synthetic_cases(args.eval, [CLEAN_SPEC], seed=args.seed, max_images=args.max_images)
+        log.info("do no harm: %s on %d clean photos", label, len(cases))
+        report = evaluate_cases(bundle, cases, methods=["um", "ads"] if has_dc else ["um"], device=device,
+                                progress=not args.quiet, data=f"{Path(args.eval).resolve()} as they are")
+        data["harm"] = {"key": key, "report": report}
+        write_json(cache_path, data)
+
     if args.real and has_dc:
         key = real_key(args, digest)
         if not _same(data.get("real", {}).get("key"), key):
@@ -629,7 +693,9 @@ def run(args: argparse.Namespace) -> int:
     text = markdown(data, meta)
     atomic_write_bytes(out / "default_report.md", text.encode())
     plot(out / "default_psnr_vs_params.png", data)
-    log.info("wrote %s/default_{quality,confusion,real}.csv, default_report.md, default_psnr_vs_params.png", out)
+    if data.get("real"):
+        plot_real(out / "default_real.png", data["real"]["result"], label)
+    log.info("wrote %s/default_{quality,confusion,real}.csv, default_report.md, default_*.png", out)
 
     verdicts = ads_vs_um(data["eval"]["report"], data["eval"].get("confusion"))
     print(format_report(data["eval"]["report"]))

@@ -45,6 +45,7 @@ from adsrt.bench.timing import device_name
 from adsrt.bundle import load_bundle, summarize
 from adsrt.fileio import atomic_write_bytes, write_json
 from adsrt.runtime.backends import resolve_device
+from adsrt.train.degradations import generator_digest
 from adsrt.train.evaluate import evaluate_cases, load_targets, synthetic_cases
 from adsrt.train.pipeline import PRESETS, PipelineConfig, train_all
 from adsrt.version import __version__
@@ -122,6 +123,7 @@ def run(args: argparse.Namespace) -> None:
 
     cases = synthetic_cases(args.eval, EVAL_DEGRADATIONS, seed=args.seed, max_images=args.max_images)
     eval_key = {"eval": str(Path(args.eval).resolve()), "degradations": EVAL_DEGRADATIONS, "seed": args.seed,
+                "generators": generator_digest(),
                 "max_images": args.max_images}
     reports: dict[Variant, dict[str, Any]] = {}
     for v, path in bundles.items():

@@ -152,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("degrade", help="degrade an image or a folder of images (synthetic test data)")
     p.add_argument("input", metavar="IN", help="image file or folder of images")
     p.add_argument("output", metavar="OUT", help="output file, or folder when IN is a folder")
-    p.add_argument("--kind", required=True, metavar="NAME[:LEVEL]",
-                   help="noise, blur, rain, haze, snow, lowlight or mix, with an optional level (noise:25); "
-                        "'+' composes (noise:15+blur:2); without a level one is drawn from the training range")
+    p.add_argument("--kind", required=True, metavar="NAME[/STYLE][:LEVEL]",
+                   help="noise, blur, rain, haze, snow, lowlight or mix, with an optional level (noise:25) and "
+                        "style (noise/awgn:25, blur/defocus:2); '+' composes (noise:15+blur:2); without a level "
+                        "one is drawn from the training range, without a style one from the family")
     p.add_argument("--seed", type=int, default=0, help="random seed (each file draws from seed and its name)")
     p.add_argument("--ext", default=".png", help="output format for folders (default .png: lossless)")
     p.set_defaults(func=cmd_degrade)

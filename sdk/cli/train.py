@@ -48,6 +48,7 @@ _TRAINER_OPTIONS = (
     ("--ckpt-every", dict(type=int, help="checkpoint every N steps")),
     ("--log-every", dict(type=int, help="a row in OUT/log.csv every N steps")),
     ("--samples-per-epoch", dict(type=int)),
+    ("--clean-fraction", dict(type=float, help="share of samples left clean (input = target), default 0")),
     ("--workers", dict(type=int, help="data loader workers per process (0: in the training process)")),
     ("--threads", dict(type=int, help="torch threads per process (default: its share of the cores)")),
     ("--snapshot-every", dict(type=int, help="keep the EMA weights every N steps under OUT/snapshots/")),
@@ -149,9 +150,9 @@ def cmd_classifier(args: argparse.Namespace) -> int:
     from adsrt.fileio import write_json
     from adsrt.train.classifier import ClassifierTrainConfig, format_confusion, train_classifier
 
-    kw = _given(args, ("degradations", "input_size", "width", "depth", "crop_size", "steps", "batch_size", "lr",
-                       "clean_fraction", "val_samples", "ckpt_every", "log_every", "workers", "seed", "threads",
-                       "resume", "device"))
+    kw = _given(args, ("degradations", "input_size", "width", "depth", "convs", "crop_size", "steps", "batch_size",
+                       "lr", "clean_fraction", "val_samples", "ckpt_every", "log_every", "workers", "seed", "threads",
+                       "resume", "device", "nuisance"))
     report = train_classifier(ClassifierTrainConfig(data=args.data, out=args.out, progress=not args.quiet, **kw))
     print(f"held-out accuracy {report['accuracy']:.3f} on {report['n']} crops")
     print(format_confusion(report))
@@ -292,8 +293,10 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--degradations", type=_csv)
-    _options(p, int, "--input-size", "--width", "--depth", "--crop-size", "--steps", "--batch-size")
+    _options(p, int, "--input-size", "--width", "--depth", "--convs", "--crop-size", "--steps", "--batch-size")
     _options(p, float, "--lr", "--clean-fraction")
+    p.add_argument("--no-nuisance", dest="nuisance", action="store_false", default=None,
+                   help="train on the degradations alone, without camera processing on every sample")
     _options(p, int, "--val-samples", "--ckpt-every", "--log-every", "--workers", "--seed", "--threads")
     _options(p, str, "--device")
     _add_no_resume(p, "OUT/checkpoint.safetensors")

@@ -295,6 +295,31 @@ def test_windowed_classifier_is_the_mean_of_its_window_logits() -> None:
         assert torch.allclose(one(frame), whole(frame[:, :, 13:37, 23:47]), atol=0)  # the centre window
 
 
+def test_classifier_stages_with_a_second_conv() -> None:
+    """convs=2: each stage is strided conv + ReLU + conv + ReLU (checked against plain torch ops); with one
+    conv the weight names are those of every bundle written before the field existed."""
+    one = build_classifier(ClassifierConfig(num_classes=3, input_size=16, width=4, depth=2))
+    assert sorted(one.state_dict()) == ["head.bias", "head.weight", "stages.0.conv.bias", "stages.0.conv.weight",
+                                        "stages.1.conv.bias", "stages.1.conv.weight"]
+    assert ClassifierConfig.from_dict({"num_classes": 3, "input_size": 16, "width": 4, "depth": 2}).convs == 1
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(num_classes=3, input_size=16, width=4, depth=2, convs=2)
+    two = build_classifier(cfg).eval()
+    sd = two.state_dict()
+    assert "stages.1.more.0.weight" in sd and sum(p.numel() for p in two.parameters()) > sum(
+        p.numel() for p in one.parameters())
+    x = torch.rand(2, 3, 16, 16)
+    h = x
+    for i in range(2):
+        h = F.relu(F.conv2d(h, sd[f"stages.{i}.conv.weight"], sd[f"stages.{i}.conv.bias"], stride=2, padding=1))
+        h = F.relu(F.conv2d(h, sd[f"stages.{i}.more.0.weight"], sd[f"stages.{i}.more.0.bias"], padding=1))
+    expected = F.linear(h.mean((2, 3)), sd["head.weight"], sd["head.bias"])
+    with torch.no_grad():
+        torch.testing.assert_close(two(x), expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="convs"):
+        ClassifierConfig(num_classes=3, input_size=16, depth=2, convs=0)
+
+
 def test_classifier_config_without_window_loads_as_whole_frame() -> None:
     old = {"num_classes": 4, "input_size": 32, "width": 4, "depth": 2}  # a bundle from before windows
     assert ClassifierConfig.from_dict(old).window == 0

@@ -90,6 +90,10 @@ def test_real_photos_match_the_runtime_and_skip_unknown_folders(bench, make_bund
     restorer = load(bundle, backend="torch", device="cpu")
     runtime = [restorer.classify(cv2.imread(str(p))[:, :, ::-1].copy()) for p in sorted((real / "noise").iterdir())]
     assert row["mean_probability"] == pytest.approx(np.mean([p["noise"] for p in runtime]), abs=1e-6)
+    # The distribution, not one number: p(noise) per photo (by name) and its quartiles.
+    np.testing.assert_allclose(row["probabilities"], [p["noise"] for p in runtime], atol=1e-4)
+    np.testing.assert_allclose(row["probability_quartiles"], np.percentile([p["noise"] for p in runtime],
+                                                                           [25, 50, 75]), atol=1e-4)
 
 
 def test_verdict_says_why_ads_does_not_beat_um(bench):
@@ -124,13 +128,19 @@ def test_end_to_end_writes_every_output_and_reuses_its_cache(bench, make_bundle,
             "--device", "cpu", "--quiet"]
     assert bench.main(argv) == 0
     names = ("default_quality.csv", "default_confusion.csv", "default_real.csv", "default_report.md",
-             "default_psnr_vs_params.png", "default_eval.json")
+             "default_psnr_vs_params.png", "default_real.png", "default_eval.json")
     assert all((out / n).is_file() for n in names)
     rows = list(csv.DictReader((out / "default_quality.csv").open()))
     assert [r["degradation"] for r in rows] == ["noise", "blur", "mean"] and rows[0]["level"] == "25"
     assert rows[0]["im_psnr"] == ""  # no --targets: no IM score, never a guess
     report = (out / "default_report.md").read_text()
     assert "## Classifier confusion" in report and "| noise | 2 |" in report and "`fog/`" in report
+    # Do no harm: the clean photos in, scored against themselves by the same evaluate_cases as adsrt eval.
+    assert "## Do no harm" in report
+    harm = evaluate_cases(make_bundle(degradations=("noise", "blur")), synthetic_cases(photos, ["clean"]),
+                          methods=("um", "ads"), device="cpu", progress=False)["results"]["clean"]
+    assert f"| clean | {harm['psnr']['um']:.2f} / {harm['ssim']['um']:.4f} | {harm['psnr']['ads']:.2f}" in report
+    assert f"{round(100 * harm['dc_accuracy'])}%" in report.split("## Do no harm")[1].split("##")[0]
     assert "ADS > UM (PSNR) on every degradation" in capsys.readouterr().out
     with caplog.at_level(logging.INFO, logger=LOGGER):
         bench.main(argv)

@@ -40,7 +40,8 @@ def _psnr(a, b, peak: float) -> float:
 
 
 def _bundle(granularity: str = "kernel", q: float = 0.05):
-    classifier = ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=64)
+    # Two convs per stage, as the default model's classifier has.
+    classifier = ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, convs=2, window=64)
     return synthetic_bundle("nafnet-tiny", ("noise", "blur", "rain"), q=q, granularity=granularity, seed=1,
                             delta_scale=0.1, perturb_um=0.05, classifier=classifier)
 

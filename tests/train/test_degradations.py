@@ -16,8 +16,10 @@ from adsrt.train.degradations import (
     DEGRADATIONS,
     LEVELS,
     MIX_ORDER,
+    STYLES,
     DegradationSpec,
     check_level,
+    defocus_kernel,
     degrade,
     gaussian_kernel,
     haze_composite,
@@ -28,6 +30,8 @@ from adsrt.train.degradations import (
     rain_composite,
     sample_blur_kernel,
     sample_level,
+    shake_kernel,
+    shake_path,
 )
 
 NAMES = list(DEGRADATIONS)
@@ -332,11 +336,11 @@ def expected_clipped_noise_psnr(image: np.ndarray, sigma: float) -> float:
 def test_noise25_psnr_on_real_photos(astronaut: np.ndarray) -> None:
     # Chelsea has almost no clipped pixels, so it sits at the textbook 20*log10(255/25) = 20.17 dB.
     chelsea = data.chelsea()
-    value = psnr_uint8(chelsea, degrade(chelsea, "noise:25", 0))
+    value = psnr_uint8(chelsea, degrade(chelsea, "noise/awgn:25", 0))
     assert abs(value - 20.2) < 0.3, value
     # A quarter of the astronaut's channel values are below 26 (black helmet and background): clipping
     # at 0 removes part of the noise there and lifts the PSNR to ~20.9 dB. Check against the exact value.
-    value = psnr_uint8(astronaut, degrade(astronaut, "noise:25", 0))
+    value = psnr_uint8(astronaut, degrade(astronaut, "noise/awgn:25", 0))
     expected = expected_clipped_noise_psnr(astronaut, 25.0)
     assert 20.17 < value < 21.2, value
     assert abs(value - expected) < 0.05, (value, expected)
@@ -405,9 +409,9 @@ def test_kernel_errors() -> None:
         motion_kernel(0.5, 0.0)
 
 
-def test_blur_uses_both_kernels(small: np.ndarray) -> None:
-    kinds = {sample_blur_kernel(2.0, rng(s))[1] for s in range(20)}
-    assert kinds == {"gaussian", "motion"}
+def test_blur_uses_every_style(small: np.ndarray) -> None:
+    kinds = {sample_blur_kernel(2.0, rng(s))[1] for s in range(40)}
+    assert kinds == set(STYLES["blur"])
     x = (small / 255.0).astype(np.float32)
     for seed in range(4):
         kernel, _ = sample_blur_kernel(2.0, rng(seed))
@@ -514,3 +518,121 @@ def test_mix_applies_exactly_the_planned_two(seed: int, small: np.ndarray) -> No
 def test_module_all_is_importable() -> None:
     for name in dg.__all__:
         assert hasattr(dg, name), name
+
+
+# --------------------------------------------------------------------------------------------------
+# families and styles
+
+
+def test_styles_parse_print_and_reject() -> None:
+    (spec,) = parse_specs("Blur / Defocus : 2")
+    assert (spec.name, spec.style, spec.level) == ("blur", "defocus", 2.0)
+    assert str(spec) == "blur/defocus:2" and parse_specs(str(spec)) == [spec]
+    assert str(parse_specs("noise/awgn")[0]) == "noise/awgn"
+    for bad in ("blur/bokeh:2", "rain/heavy", "noise/:25"):
+        with pytest.raises(DegradationError, match="style"):
+            parse_specs(bad)
+    with pytest.raises(DegradationError, match="style"):
+        DegradationSpec("noise", 25, "pink")
+    with pytest.raises(DegradationError, match="style"):
+        DEGRADATIONS["blur"](np.zeros((8, 8, 3), np.uint8), 2.0, rng(0), style="bokeh")
+    assert all(sum(p.values()) == pytest.approx(1.0) for p in STYLES.values())
+
+
+@pytest.mark.parametrize("name", sorted(STYLES))
+def test_pinning_the_drawn_style_changes_nothing(name: str, small: np.ndarray) -> None:
+    # The style is drawn first either way, so pinning the one a seed would draw gives the same image, and
+    # pinning another changes only the style, not the rest of the stream.
+    for seed in range(6):
+        free = degrade(small, f"{name}:3", seed)
+        drawn = next(st for st in STYLES[name] if np.array_equal(degrade(small, f"{name}/{st}:3", seed), free))
+        assert drawn in STYLES[name]
+    styles = {st: degrade(small, f"{name}/{st}:3", 0) for st in STYLES[name]}
+    assert len({im.tobytes() for im in styles.values()}) == len(styles)
+
+
+@pytest.mark.parametrize("style", ["awgn", "shot", "correlated"])
+def test_noise_styles_keep_sigma_at_mid_grey(style: str) -> None:
+    grey = np.full((160, 160, 3), 0.5, np.float32)
+    for sigma in (10.0, 25.0):
+        out = DEGRADATIONS["noise"](grey, sigma, rng(1), style=style)
+        assert abs(np.std((out - grey) * 255.0) - sigma) / sigma < 0.04, (style, sigma)
+
+
+def test_shot_noise_grows_with_signal_and_correlated_noise_is_correlated() -> None:
+    dark, bright = np.full((128, 128, 3), 0.1, np.float32), np.full((128, 128, 3), 0.9, np.float32)
+    sd = [np.std(DEGRADATIONS["noise"](x, 25.0, rng(2), style="shot") - x) for x in (dark, bright)]
+    assert sd[1] > 1.3 * sd[0]  # variance a x + b
+    grey = np.full((128, 128, 3), 0.5, np.float32)
+
+    def neighbour_corr(style: str) -> float:
+        n = DEGRADATIONS["noise"](grey, 20.0, rng(3), style=style)[..., 0] - 0.5
+        return float(np.corrcoef(n[:, :-1].ravel(), n[:, 1:].ravel())[0, 1])
+
+    assert abs(neighbour_corr("awgn")) < 0.05 and neighbour_corr("correlated") > 0.3
+
+
+@pytest.mark.parametrize("radius", [0.7, 2.0, 4.5, 12.0])
+def test_defocus_kernel_is_a_disk(radius: float) -> None:
+    k = defocus_kernel(radius)
+    assert k.dtype == np.float32 and k.shape[0] % 2 == 1 and k.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(k, k.T, atol=1e-7)
+    np.testing.assert_allclose(k, k[::-1, ::-1], atol=1e-7)
+    c = k.shape[0] // 2
+    i, j = np.indices(k.shape)
+    r = np.hypot(i - c, j - c)
+    assert k[r > radius + 1].sum() == 0.0  # nothing outside the rim
+    if radius >= 2:  # flat inside, unlike a Gaussian
+        inner = k[r < radius - 1]
+        assert inner.max() - inner.min() < 1e-6
+    # Its second moment is that of a uniform disk, r^2 / 2 (per axis r^2 / 4): the std is r / 2.
+    var = float((k * ((i - c) ** 2)).sum())
+    assert var == pytest.approx(radius**2 / 4, rel=0.15, abs=0.05)
+
+
+def test_shake_kernels_are_strokes_of_the_stated_extent() -> None:
+    for seed in range(8):
+        path = shake_path(rng(seed))
+        k = shake_kernel(path, 9.0)
+        assert k.sum() == pytest.approx(1.0, abs=1e-5) and (k >= 0).all()
+        ys, xs = np.nonzero(k > 1e-4)
+        assert 8 <= max(np.ptp(ys), np.ptp(xs)) <= 11  # extent 9 px (+ bilinear spill)
+        # A connected stroke, not scattered dots.
+        n, _ = cv2.connectedComponents((k > 1e-6).astype(np.uint8), connectivity=8)
+        assert n == 2
+    assert not np.array_equal(shake_kernel(shake_path(rng(0)), 9.0), shake_kernel(shake_path(rng(1)), 9.0))
+    with pytest.raises(DegradationError):
+        shake_kernel(shake_path(rng(0)), 0.5)
+
+
+def test_rain_veil_and_lens_drops() -> None:
+    grey = np.full((128, 128, 3), 0.3, np.float32)
+    # Heavier rain: more streaks and a thicker veil lift a dark frame more, for every seed.
+    for seed in range(4):
+        light, heavy = (DEGRADATIONS["rain"](grey, lv, rng(seed)).mean() for lv in (1.0, 5.0))
+        assert heavy > light > 0.3
+
+
+def test_haze_airlight_is_coloured_and_uneven(small: np.ndarray) -> None:
+    white = np.ones((64, 64, 3), np.float32)
+    black = np.zeros((64, 64, 3), np.float32)
+    tints = []
+    for seed in range(12):
+        out = DEGRADATIONS["haze"](black, 4.0, rng(seed))  # on black, the fog shows the airlight itself
+        far = out[:8].reshape(-1, 3)
+        tints.append(far.mean(0)[2] - far.mean(0)[0])
+        assert far.std(0).max() > 0  # non-uniform
+    assert min(tints) < -0.02 and max(tints) > 0.02  # warm and bluish airlights both occur
+    assert DEGRADATIONS["haze"](white, 2.0, rng(0)).max() <= 1.0
+
+
+def test_lowlight_partial_exposure_keeps_bright_sky(small: np.ndarray) -> None:
+    # A bright sky over dark ground: across seeds, some draws keep the sky bright (a backlit or night scene)
+    # while the ground goes dark, others darken everything.
+    scene = np.concatenate([np.full((48, 96, 3), 0.95, np.float32), np.full((48, 96, 3), 0.35, np.float32)])
+    ratios = []
+    for seed in range(16):
+        out = DEGRADATIONS["lowlight"](scene, 4.0, rng(seed))
+        ratios.append(out[:40].mean() / max(out[56:].mean(), 1e-3))
+        assert out[56:].mean() < 0.35
+    assert max(ratios) > 2 * min(ratios)

@@ -109,6 +109,26 @@ def test_degradation_outside_the_bundle_has_no_oracle(make_bundle, photos):
     assert report["mean"]["psnr"]["ads_oracle"] is None and report["mean"]["psnr"]["ads"] is not None
 
 
+def test_clean_spec_is_the_do_no_harm_row(make_bundle, photos, to_image):
+    """``clean``: the photos as they are; UM scored against the photo itself, no input column, and the
+    classifier right when it says clean."""
+    from adsrt.metrics import score_pair
+    from adsrt.runtime.restorer import load
+
+    bundle = make_bundle(degradations=("noise", "blur"))
+    cases = synthetic_cases(photos, ("clean",), max_images=2)
+    assert all(np.array_equal(c.degraded, c.clean) and c.label == "clean" for c in cases)
+    report = evaluate_cases(bundle, cases, methods=("input", "um", "ads"), progress=False)
+    row = report["results"]["clean"]
+    assert row["n"] == 2 and row["psnr"]["input"] is None
+    um = load(bundle, backend="torch", device="cpu", mode="um")
+    expected = np.mean([score_pair(um.restore(c.clean), c.clean)[0] for c in cases])
+    assert row["psnr"]["um"] == pytest.approx(expected, abs=1e-6)
+    swap = load(bundle, backend="torch", device="cpu")
+    said_clean = [max(p := swap.classify(c.clean), key=p.get) == "clean" for c in cases]
+    assert row["dc_accuracy"] == pytest.approx(np.mean(said_clean))
+
+
 def test_evaluate_is_reproducible_and_seeded(make_bundle, photos, tmp_path):
     path = save_bundle(make_bundle(), tmp_path / "b.safetensors")
     cfg = dict(bundle=str(path), clean=str(photos), degradations=("rain",), max_images=2, progress=False)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from adsrt.bundle import load_bundle, summarize
 from adsrt.cli import main
@@ -51,13 +52,28 @@ def test_classifier_stage_reports_accuracy_and_confusion(photos, tmp_path, capsy
     report_path = tmp_path / "report.json"
     argv = ["-q", "train", "classifier", "--data", str(photos), "--out", str(tmp_path / "dc"), "--degradations",
             "noise,rain", "--input-size", "32", "--width", "4", "--depth", "2", "--crop-size", "48", "--steps", "4",
-            "--batch-size", "6", "--val-samples", "12", "--workers", "0", "--json", str(report_path)]
+            "--batch-size", "6", "--val-samples", "12", "--workers", "0", "--convs", "2", "--json", str(report_path)]
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     assert report["classes"] == ["noise", "rain", "clean"] and report["n"] == 12
     assert sum(map(sum, report["confusion"])) == 12
+    assert 0.0 <= report["ece"] <= 1.0
+    from adsrt.train.classifier import load_classifier
+
+    config, _, header = load_classifier(tmp_path / "dc" / "model.safetensors")
+    assert config.convs == 2 and header["config"]["nuisance"] is True
     out = capsys.readouterr().out
     assert "held-out accuracy" in out and "clean" in out
+
+
+def test_expected_calibration_error_against_a_hand_count() -> None:
+    from adsrt.train.classifier import expected_calibration_error
+
+    # Four samples at confidence 0.9 (3 right: accuracy 0.75) and two at 0.6 (both right): ECE
+    # = 4/6 * |0.75 - 0.9| + 2/6 * |1.0 - 0.6| = 0.1 + 0.1333.
+    probs = torch.tensor([[0.9, 0.1]] * 4 + [[0.4, 0.6]] * 2)
+    true = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert expected_calibration_error(probs, true) == pytest.approx(4 / 6 * 0.15 + 2 / 6 * 0.4)
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,32 @@ def test_um_beats_the_input_on_noise(photos, tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)
 
 
+def test_clean_samples_teach_the_um_to_leave_a_clean_frame_alone(photos, tmp_path):
+    """The same noise UM with and without half its samples left clean: on clean crops the one that saw
+    clean samples changes the picture less (PSNR against the clean crop itself, by scikit-image)."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from adsrt.arch import build_backbone
+    from adsrt.train.data import DegradedImageDataset
+
+    crops = torch.stack([DegradedImageDataset(photos, ["noise"], crop_size=32, samples_per_epoch=8, seed=9)[i]["target"] for i in range(8)])
+    scores = {}
+    for fraction in (0.0, 0.5):
+        out = tmp_path / f"um{fraction}"
+        train_um(_config(photos, out, degradations=("noise:25",), steps=60, batch_size=8, lr=1e-2, ema_decay=0.9,
+                         val_every=60, val_samples=8, ckpt_every=60, samples_per_epoch=64, clean_fraction=fraction))
+        config, state, header = load_backbone_weights(out / "model.safetensors")
+        assert header["config"]["clean_fraction"] == fraction
+        model = build_backbone(config).eval()
+        model.load_state_dict(state)
+        with torch.no_grad():
+            restored = model(crops).clamp(0, 1)
+        scores[fraction] = np.mean([peak_signal_noise_ratio(c.numpy(), r.numpy(), data_range=1.0)
+                                    for c, r in zip(crops, restored, strict=True)])
+    assert scores[0.5] > scores[0.0] + 0.5, scores
+
+
 def test_resume_after_interruption_continues_from_the_checkpoint(photos, tmp_path):
     def stop_at_5(step: int, loss: float) -> None:
         if step == 5:
@@ -89,6 +115,7 @@ def test_target_fine_tunes_the_um_on_one_degradation(photos, tmp_path):
         ({"degradations": ("noise", "fog")}, DegradationError, "fog"),
         ({"data": "/nonexistent/adsrt"}, DataError, "does not exist"),
         ({"loss": "l2"}, AdsrtError, "loss"),
+        ({"clean_fraction": 1.0}, AdsrtError, "clean_fraction"),
         ({"backbone": "resnet"}, AdsrtError, "unknown backbone"),
     ],
 )
