@@ -3,7 +3,8 @@
 ``docs/degradations.png``: the spread of each family. The first row holds the clean scikit-image sample
 photos (resized to the 481 x 321 scale of the training photos, centre crop); every other row is one
 degradation at its typical level, one random draw per cell (the cell's seed), labelled with the style it
-drew; the last row is the clean class as the classifier trains on it, after the camera nuisances.
+drew; the last row is the clean class as the classifier trains on it, after the camera nuisances (each
+cell one draw: 20% of draws leave the photo as it is).
 
 ``docs/degradations_real.png`` (with ``--real DIR``): real rainy and low-light photos (``DIR/rain``,
 ``DIR/lowlight``, evenly spaced by name, not picked) above our synthetic ones on the scikit-image photos at
@@ -98,7 +99,7 @@ def render_spread(size: int) -> np.ndarray:
     for c, clean in enumerate(photos):
         x = camera_nuisance(clean.astype(np.float32) / 255.0, keyed_rng(SEED, "nuisance", str(c)))
         out = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-        cells.append(label(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA), "clean + camera nuisances"))
+        cells.append(label(cv2.resize(out, (size, size), interpolation=cv2.INTER_AREA), "clean, as the classifier trains"))
     rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
 

@@ -36,9 +36,10 @@ GAMMA = 2.2  # display gamma: encoded = linear ** (1 / GAMMA)
 def tone_curve(linear: np.ndarray, kind: str, strength: float = 1.0) -> np.ndarray:
     """Encode linear light for display.
 
-    ``gamma``: the plain 1/2.2 power. ``filmic``: a Reinhard-style shoulder ``x (1 + x / w^2) / (1 + x)``
-    (white point w = 1, so 1 stays 1), then the gamma, which lifts shadows and rolls off highlights as
-    phone cameras do; ``strength`` in [0, 1] blends it with the plain gamma. Input is clipped to [0, 1].
+    ``gamma``: the plain 1/2.2 power. ``filmic``: the shoulder ``2x / (1 + x)`` (f(0) = 0, f(1) = 1,
+    slope 2 in the shadows) before the gamma: like a phone camera's curve it lifts the shadows by up to a
+    stop and rolls off the highlights; ``strength`` in [0, 1] blends it with the plain gamma. Input is
+    clipped to [0, 1].
     """
     x = np.clip(linear, 0.0, 1.0)
     encoded = np.power(x, np.float32(1.0 / GAMMA))
@@ -46,7 +47,6 @@ def tone_curve(linear: np.ndarray, kind: str, strength: float = 1.0) -> np.ndarr
         return encoded
     if kind != "filmic":
         raise ValueError(f"unknown tone curve {kind!r}")
-    # With w = 1 the curve is 2x / (1 + x): slope 2 in the shadows, a shoulder that reaches 1 at 1.
     filmic = np.power(2.0 * x / (1.0 + x), np.float32(1.0 / GAMMA))
     return (1.0 - strength) * encoded + strength * filmic
 
@@ -64,14 +64,16 @@ def colour_noise(
     ``(1 + 2c) I - c`` (``c = crosstalk``; rows sum to 1, so grey stays grey) amplifies its chroma: the
     coloured blotches of night shots rather than the grey grain of AWGN.
     """
+    # Read noise first: the Poisson sampler's number of draws depends on the signal (so on the level).
+    read = rng.standard_normal(linear.shape, dtype=np.float32) * np.float32(read_sigma / full_scale)
     electrons = rng.poisson(np.clip(linear, 0.0, None).astype(np.float64) * full_scale).astype(np.float32)
-    noise = (electrons - linear * np.float32(full_scale)) / np.float32(full_scale)
-    noise += rng.standard_normal(linear.shape, dtype=np.float32) * np.float32(read_sigma / full_scale)
+    noise = (electrons - linear * np.float32(full_scale)) / np.float32(full_scale) + read
     if demosaic_sigma > 0.05:
-        smoothed = cv2.GaussianBlur(noise, (0, 0), demosaic_sigma, borderType=cv2.BORDER_REFLECT)
-        # A Gaussian of sigma s keeps 1 / (2 sqrt(pi) s) of white noise's variance per axis pair.
-        noise = smoothed * np.float32(math.sqrt(4.0 * math.pi) * demosaic_sigma)
-    ccm = (1.0 + 2.0 * crosstalk) * np.eye(3, dtype=np.float32) - np.float32(crosstalk)
+        g = cv2.getGaussianKernel(2 * math.ceil(3 * demosaic_sigma) + 1, demosaic_sigma).astype(np.float32)
+        # Filtering white noise by the kernel k scales its variance by sum(k^2): divide that back out.
+        noise = cv2.sepFilter2D(noise, -1, g, g, borderType=cv2.BORDER_REFLECT) / np.float32(float((g**2).sum()))
+    # Diagonal 1 + 2c, off-diagonal -c: every row sums to 1, so grey stays grey and only chroma is amplified.
+    ccm = (1.0 + 3.0 * crosstalk) * np.eye(3, dtype=np.float32) - np.float32(crosstalk)
     return linear + noise @ ccm.T
 
 
@@ -116,7 +118,8 @@ class NuisanceConfig:
 def camera_nuisance(x: np.ndarray, rng: np.random.Generator, config: NuisanceConfig = NuisanceConfig()) -> np.ndarray:
     """Mild camera processing on a float32 image: resize, sharpen, sensor noise, JPEG, each with its
     probability (in that order, the order of a camera pipeline). The choices and strengths are drawn
-    before any is used, so they do not depend on each other's outcome."""
+    before any is used; the sensor noise field is drawn only when used, so call this last on a generator
+    (as :class:`adsrt.train.data.DegradedImageDataset` does)."""
     c = config
     u = rng.random(5)
     factor, amount, sigma = rng.uniform(*c.resize), rng.uniform(*c.sharpen), rng.uniform(0.6, 1.2)

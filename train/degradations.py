@@ -1,6 +1,6 @@
 """Synthetic degradations for training and evaluating the all-in-one restorer.
 
-Every degradation is a plain function ``fn(clean, level, rng) -> degraded`` (a :data:`DegradationFn`)
+Every degradation is a plain function ``fn(clean, level, rng, *, style=None) -> degraded`` (a :data:`DegradationFn`)
 kept in the plain dict :data:`DEGRADATIONS`; :data:`LEVELS` holds, per name, the documented valid
 range of ``level``, the range training samples from, a typical default and what the number means.
 
@@ -8,7 +8,8 @@ Image contract (all functions): RGB, shape ``H x W x 3``, either ``uint8`` in 0.
 ``float32``/``float64`` in [0, 1]. The result has the same shape and dtype (uint8: round, then clip;
 float: clip to [0, 1]). Internally everything runs in float32 [0, 1]. Randomness comes only from the
 ``numpy.random.Generator`` passed in, so one seed gives one output. The random draws a degradation
-makes do not depend on the level (except lowlight's Poisson sampler), so with one seed a higher level
+makes do not depend on the level (except draws made after lowlight's Poisson sampler, such as the noise
+that follows it in a mix), nor on a pinned style, so with one seed a higher level
 degrades the *same* streaks, flakes, depth map or kernel more strongly. Sizes are in pixels of the
 image being degraded (as in the Rain100L / BSD68 style datasets), so degrading a crop matches
 cropping a degraded image.
@@ -53,12 +54,13 @@ Some families come in *styles* (:data:`STYLES`) drawn with fixed probabilities; 
              densities drawn per image. level = snow intensity (flake density and veil); valid [1, 5],
              train [1, 5], default 3.
 ``lowlight`` under-exposure by ``level`` stops in linear light, through a camera: decode with gamma
-             2.2, a white-balance cast, scale by ``2 ** -level`` (in 70% of the draws the bright,
-             smooth parts of the scene, sky or lamps, keep 60-100% of their exposure: a night or
-             backlit shot, dark ground under a lit sky), sometimes a few lamps, shot + read noise
+             2.2, a white-balance cast, scale by ``2 ** -level`` (in 70% of the draws the bright parts
+             of the scene, sky or lamps, lose only 0-40% of those stops: a night or backlit shot,
+             dark ground under a lit sky), sometimes a few lamps, shot + read noise
              shaped by demosaicing and a colour-correction matrix (:func:`adsrt.train.camera.colour_noise`),
-             a gamma or filmic tone curve, then the camera's own denoise, sharpening and JPEG.
-             No brightness is added back. valid [0.5, 6], train [1.5, 4.5], default 3.
+             a gamma or filmic tone curve (the filmic one lifts the shadows by up to a stop, as
+             phone cameras do), then the camera's own denoise, sharpening and JPEG. No gain is applied
+             to make up for the exposure. valid [0.5, 6], train [1.5, 4.5], default 3.
 ``mix``      two different base degradations chosen by the rng, each at
              ``train_lo + level * (train_hi - train_lo)`` of its training range, applied in the
              physical order of :data:`MIX_ORDER` (scene effects haze, rain, snow; then the optics:
@@ -141,9 +143,10 @@ class LevelRange:
 
 
 LEVELS: dict[str, LevelRange] = {
-    "noise": LevelRange(0.0, 100.0, 5.0, 55.0, 25.0, "Gaussian sigma on the 0-255 scale"),
+    "noise": LevelRange(0.0, 100.0, 5.0, 55.0, 25.0, "noise sigma on the 0-255 scale (at mid-grey)"),
     "blur": LevelRange(
-        0.5, 6.0, 1.0, 4.0, 2.0, "blur strength in px (Gaussian sigma, or motion length 4*level+1)"
+        0.5, 6.0, 1.0, 4.0, 2.0,
+        "blur strength in px (Gaussian sigma, defocus radius 2*level, motion or shake extent 4*level+1)"
     ),
     "rain": LevelRange(1.0, 5.0, 1.0, 5.0, 3.0, "rain intensity 1-5 (streak density, length, veil)"),
     "haze": LevelRange(0.2, 4.0, 0.5, 2.5, 1.5, "scattering coefficient beta, t = exp(-beta * depth)"),
@@ -587,16 +590,16 @@ def _rain_layer(h: int, w: int, level: float, rng: np.random.Generator) -> np.nd
 _MAX_LENS_DROPS = 12
 
 
-def _lens_drops(y: np.ndarray, level: float, rng: np.random.Generator, airlight: float) -> np.ndarray:
-    """Drops on the lens: out-of-focus discs that refract a blurred, slightly brighter view of the scene."""
+def _lens_drops(y: np.ndarray, level: float, draws: tuple[np.ndarray, np.ndarray, float], airlight: float) -> np.ndarray:
+    """Drops on the lens: out-of-focus discs that refract a blurred, slightly brighter view of the scene.
+    ``draws``: centres in [0, 1)^2, radii in px and a uniform for the count (drawn by the caller, always)."""
     h, w = y.shape[:2]
     t = (level - 1.0) / 4.0
-    centres = rng.random((_MAX_LENS_DROPS, 2)) * np.array([w, h])
-    radii = rng.uniform(2.0, 8.0, size=_MAX_LENS_DROPS)
-    count = 1 + int(round((2.0 + 8.0 * t) * float(rng.random())))
+    centres, radii, u = draws
+    count = 1 + int(round((2.0 + 8.0 * t) * u))
     mask = np.zeros((h, w), dtype=np.float32)
-    for (cx, cy), r in zip(centres[:count], radii[:count], strict=True):
-        cv2.circle(mask, (int(cx), int(cy)), max(1, int(round(r))), 1.0, -1, lineType=cv2.LINE_AA)
+    for (cx, cy), r in zip(centres[:count] * np.array([w, h]), radii[:count], strict=True):
+        cv2.circle(mask, (int(cx), int(cy)), max(1, int(round(r))), 1.0, -1)
     mask = cv2.GaussianBlur(mask, (0, 0), 1.0)[..., None]
     seen = cv2.GaussianBlur(y, (0, 0), 3.0, borderType=_BORDER) * 0.85 + 0.15 * airlight
     return y * (1.0 - mask) + seen * mask
@@ -614,8 +617,9 @@ def _rain(x: np.ndarray, level: float, rng: np.random.Generator, style: str | No
     airlight = float(rng.uniform(0.7, 1.0))
     tint = airlight + rng.uniform(-0.03, 0.03, size=3)
     drops = rng.random() < 0.25
+    drop_draws = (rng.random((_MAX_LENS_DROPS, 2)), rng.uniform(2.0, 8.0, size=_MAX_LENS_DROPS), float(rng.random()))
     y = rain_composite(x, streaks, transmission, np.clip(tint, 0.0, 1.0))
-    return _lens_drops(y, level, rng, airlight) if drops else y
+    return _lens_drops(y, level, drop_draws, airlight) if drops else y
 
 
 # --------------------------------------------------------------------------------------------------
@@ -705,7 +709,7 @@ def _haze(x: np.ndarray, beta: float, rng: np.random.Generator, style: str | Non
     grey = float(rng.uniform(0.7, 1.0))
     # Bluish (clear-sky scattering) to warm (sodium lamps, low sun): blue against red, green in between.
     tint = float(rng.uniform(-0.08, 0.08)) * np.array([-1.0, 0.0, 1.0]) + rng.uniform(-0.02, 0.02, size=3)
-    glow = float(rng.uniform(0.0, 0.2))  # brighter towards a light source
+    glow = float(rng.uniform(0.0, 0.2))  # uneven: a smooth +-10% field, brighter towards one side
     field = _low_freq_field(h, w, rng, cells=3)
     airlight = np.clip(grey * (1.0 + tint)[None, None, :] * (1.0 + glow * (field[..., None] - 0.5)), 0.0, 1.0)
     return haze_composite(x, depth, beta, airlight)
@@ -794,7 +798,7 @@ def _lowlight(x: np.ndarray, stops: float, rng: np.random.Generator, style: str 
     exposure = np.full((h, w), np.float32(2.0**-stops))
     if partial:
         # A scene brighter than the sensor's range: the exposure is set for the bright parts (sky, lamps,
-        # a lit window), which keep most of their light, and the rest falls into the shadows.
+        # a lit window), which are under-exposed by only (1 - keep) of the stops; the rest falls into shadow.
         m = np.clip((_smooth_small(_luminance(x), 24, 1.0) - threshold) / (1.0 - threshold), 0.0, 1.0)
         exposure = np.power(np.float32(2.0), -stops * (1.0 - keep * m * m * (3.0 - 2.0 * m)))
     linear = linear * exposure[..., None]

@@ -19,8 +19,9 @@ plus the classifier's accuracy (argmax == true class) and its mean probabilities
 exist (no classifier, a degradation the bundle has no delta for, no target) is ``None``, never a guess.
 
 The spec ``clean`` leaves the photos as they are: the "do no harm" row, where the restorer should change
-little (PSNR of its output against the photo itself; the input column stays empty) and the classifier
-should say "clean" (its accuracy is the share of photos it calls clean).
+little (PSNR of its output against the photo itself, capped at 100 dB; the input column stays empty) and
+the classifier should say "clean" (its accuracy is the share of photos it calls clean). The row is left
+out of the mean over degradations.
 
 Two sources of data: clean photos degraded on the fly (one generator per degradation and file, keyed
 by the seed, so a run is reproducible and independent of folder order), or ready-made degraded/clean
@@ -235,6 +236,7 @@ def evaluate_cases(
             for method, image in outputs.items():
                 if image is not None:
                     psnr, ssim = score_pair(image, case.clean, protocol=protocol)
+                    psnr = min(psnr, 100.0)  # an output identical to its reference (the clean row) is inf
                     s.psnr[method].append(psnr)
                     s.ssim[method].append(ssim)
 
@@ -251,12 +253,15 @@ def evaluate_cases(
                                     if s.probabilities else None),
         }
 
+    # The clean row scores a restorer against its own input: it is not averaged with restoration rows.
+    degraded_rows = [r for key, r in results.items() if key != CLEAN_SPEC] or list(results.values())
+
     def mean_over_rows(metric: str, method: str) -> float | None:
         # Averaging over a subset of rows would compare unlike things, so a gap anywhere gives None.
-        values = [r[metric][method] for r in results.values()]
+        values = [r[metric][method] for r in degraded_rows]
         return None if any(v is None for v in values) else float(np.mean(values))
 
-    dc = [r["dc_accuracy"] for r in results.values()]
+    dc = [r["dc_accuracy"] for r in degraded_rows]
     mean = {
         "psnr": {m: mean_over_rows("psnr", m) for m in METHODS if m in methods},
         "ssim": {m: mean_over_rows("ssim", m) for m in METHODS if m in methods},

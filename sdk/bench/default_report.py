@@ -313,7 +313,8 @@ def eval_key(args: argparse.Namespace, bundle: Bundle, digest: str, specs: list[
 
 def real_key(args: argparse.Namespace, digest: str) -> dict[str, Any]:
     folders = sorted(p for p in Path(args.real).iterdir() if p.is_dir())
-    return {"bundle": digest, "real": str(Path(args.real).resolve()), "max_images": args.max_images,
+    # "format" 2: per-photo probabilities and quartiles (the histogram); a cache without them is recomputed.
+    return {"format": 2, "bundle": digest, "real": str(Path(args.real).resolve()), "max_images": args.max_images,
             "files": {p.name: [q.name for q in list_images(p)] for p in folders}}
 
 
@@ -657,6 +658,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("CBSD68 scores from the cache %s (--force recomputes)", cache_path)
 
     key = {**eval_key(args, bundle, digest, [CLEAN_SPEC]), "methods": ["um", "ads"]}
+    for unused in ("targets", "targets_dir", "generators"):  # the clean row has no IM and no generator
+        key.pop(unused)
     if not _same(data.get("harm", {}).get("key"), key):
         cases = synthetic_cases(args.eval, [CLEAN_SPEC], seed=args.seed, max_images=args.max_images)
         log.info("do no harm: %s on %d clean photos", label, len(cases))

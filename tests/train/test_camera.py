@@ -47,12 +47,18 @@ def test_colour_noise_statistics() -> None:
     assert noise.std() == pytest.approx(expected, rel=0.03)
     # Demosaicing correlates neighbours but keeps the per-pixel spread; the CCM amplifies it and makes
     # the channels anti-correlated (chroma noise).
-    shaped = colour_noise(linear, fs, read, crosstalk=0.3, demosaic_sigma=0.7, rng=np.random.default_rng(1)) - linear
     c = 0.3
-    assert shaped.std() == pytest.approx(expected * np.sqrt((1 + c) ** 2 + 2 * c * c), rel=0.08)
+    for sigma in (0.1, 0.3, 0.7):  # the discrete kernel's own renormalisation: exact at any width
+        shaped = colour_noise(linear, fs, read, crosstalk=c, demosaic_sigma=sigma, rng=np.random.default_rng(1)) - linear
+        # CCM diagonal 1 + 2c, off-diagonal -c on independent channels: std grows by sqrt((1+2c)^2 + 2c^2).
+        assert shaped.std() == pytest.approx(expected * np.sqrt((1 + 2 * c) ** 2 + 2 * c * c), rel=0.04), sigma
     r = shaped[..., 0]
     assert np.corrcoef(r[:, :-1].ravel(), r[:, 1:].ravel())[0, 1] > 0.3
     assert np.corrcoef(shaped[..., 0].ravel(), shaped[..., 1].ravel())[0, 1] < -0.1
+    # Rows sum to 1: the grey (channel-mean) part of the noise is not changed by the colour matrix.
+    grey = colour_noise(linear, fs, read, crosstalk=c, demosaic_sigma=0.0, rng=np.random.default_rng(2)) - linear
+    plain = colour_noise(linear, fs, read, crosstalk=0.0, demosaic_sigma=0.0, rng=np.random.default_rng(2)) - linear
+    np.testing.assert_allclose(grey.mean(2), plain.mean(2), atol=1e-6)
 
 
 def test_resample_sharpen_and_jpeg(photo: np.ndarray) -> None:
