@@ -12,7 +12,9 @@ Shared by ``benchmarks/bench_train.py`` (rows into ``benchmarks/results/train.cs
   after round, so the drifts of a shared machine hit them alike; each variant's row is its median round, and
   ``speedup_vs_v1`` the median over rounds of its ratio to ``v1``'s run of the same round.
   ``loss_delta`` is the mean absolute difference of the per-step loss from ``v1``'s over the same steps
-  (same seed, so the same samples): near 0 means the same loss curve per sample.
+  (same seed): near 0 means the same loss curve per sample while the samples are the same, i.e. while
+  the degradations are v1's. Since the degradation families (#15) today's code degrades the same seed
+  differently, so ``loss_delta`` measures the change of the data as well, not only of the loop.
 - **FAIG path, delta refinement, classifier**: each stage function run twice with a small and a larger
   step count (path points, refinement steps, classifier steps); the difference of the two wall times over
   the difference of the steps is the time of one step without the setup.

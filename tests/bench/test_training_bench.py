@@ -57,5 +57,6 @@ def test_v1_row_runs_v1s_code_beside_todays(photos, tmp_path):
                                                   progress=False))
     v1, same = result.rows
     assert v1["variant"] == "v1" and v1["speedup_vs_v1"] == pytest.approx(1.0)
-    # Same seed, same settings, v1's code and today's: the same samples, so nearly the same losses.
-    assert same["loss_delta"] is not None and same["loss_delta"] < 1e-4
+    # Same seed and settings, v1's code and today's: v1's degradations and today's families draw different
+    # samples from one seed (so the losses are not compared to 1e-4 any more), but the same loss scale.
+    assert same["loss_delta"] is not None and 0.0 <= same["loss_delta"] < 0.05
