@@ -24,6 +24,7 @@ __all__ = [
     "NuisanceConfig",
     "camera_nuisance",
     "colour_noise",
+    "correlate",
     "jpeg",
     "sharpen",
     "tone_curve",
@@ -69,12 +70,18 @@ def colour_noise(
     electrons = rng.poisson(np.clip(linear, 0.0, None).astype(np.float64) * full_scale).astype(np.float32)
     noise = (electrons - linear * np.float32(full_scale)) / np.float32(full_scale) + read
     if demosaic_sigma > 0.05:
-        g = cv2.getGaussianKernel(2 * math.ceil(3 * demosaic_sigma) + 1, demosaic_sigma).astype(np.float32)
-        # Filtering white noise by the kernel k scales its variance by sum(k^2): divide that back out.
-        noise = cv2.sepFilter2D(noise, -1, g, g, borderType=cv2.BORDER_REFLECT) / np.float32(float((g**2).sum()))
+        noise = correlate(noise, demosaic_sigma)
     # Diagonal 1 + 2c, off-diagonal -c: every row sums to 1, so grey stays grey and only chroma is amplified.
     ccm = (1.0 + 3.0 * crosstalk) * np.eye(3, dtype=np.float32) - np.float32(crosstalk)
     return linear + noise @ ccm.T
+
+
+def correlate(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """White noise smoothed by a Gaussian of ``sigma`` px, with its per-pixel standard deviation kept."""
+    g = cv2.getGaussianKernel(2 * math.ceil(3 * sigma) + 1, sigma).astype(np.float32)
+    # Filtering white noise by the 2-D kernel k = g g^T scales its variance by sum(k^2) = sum(g^2)^2,
+    # so its standard deviation by sum(g^2): divide that back out.
+    return cv2.sepFilter2D(noise, -1, g, g, borderType=cv2.BORDER_REFLECT) / np.float32(float((g**2).sum()))
 
 
 def resample(x: np.ndarray, factor: float) -> np.ndarray:

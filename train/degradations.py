@@ -351,9 +351,7 @@ def _noise(x: np.ndarray, sigma: float, rng: np.random.Generator, style: str | N
         a, b = 2.0 * shot_share * s2, (1.0 - shot_share) * s2
         return x + n * np.sqrt(np.float32(a) * x + np.float32(b))
     if style == "correlated":
-        g = cv2.getGaussianKernel(2 * math.ceil(3 * corr) + 1, corr).astype(np.float32)
-        # Filtering white noise by k scales its variance by sum(k^2); divide it back out.
-        n = cv2.sepFilter2D(n, -1, g, g, borderType=_BORDER) / np.float32(float((g**2).sum()))
+        n = camera.correlate(n, corr)
     return x + n * np.float32(sigma / 255.0)
 
 
