@@ -13,9 +13,14 @@ The safetensors metadata holds one key, ``adsrt``, whose value is a JSON header:
 (config or null), ``degradations`` (class order; the classifier has one more class, clean/unknown, last),
 ``granularity``, ``q``, ``input`` (the input contract), ``provenance`` and ``metrics`` (free-form JSON).
 
-Loading validates everything the runtime relies on (version, tensor names, shapes, dtypes, index
-ranges, finiteness) and raises :class:`adsrt.errors.BundleError` with a message naming the problem.
-Saving validates first and writes atomically, so a bundle on disk is never half written.
+Loading validates everything the runtime relies on (version, the type of every header field, tensor
+names, shapes, dtypes, index ranges, finiteness) and raises :class:`adsrt.errors.BundleError` with a
+one-line message naming the problem. A bundle file is untrusted input: every architecture number of the
+header is bounded (the ``MAX_*`` constants of :mod:`adsrt.arch.nafnet`, :mod:`adsrt.arch.classifier` and
+:data:`adsrt.arch.config.MAX_PARAMS`) and the weights are checked against meta-device skeletons of the
+declared networks, so no header makes the loader allocate more than the file's own tensors or loop for
+long (``adsrt.bench.fuzz_bundle`` checks this on mutated files). Saving validates first and writes
+atomically, so a bundle on disk is never half written.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import logging
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +51,9 @@ from adsrt.arch import (
     build_classifier,
     count_params,
 )
-from adsrt.errors import BundleError
+from adsrt.arch.config import is_finite_number, short_repr
+from adsrt.arch.nafnet import MAX_PAD_MULTIPLE
+from adsrt.errors import BundleError, ConfigError
 from adsrt.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -54,32 +62,65 @@ FORMAT = "adsrt-bundle"
 FORMAT_VERSION = 1
 METADATA_KEY = "adsrt"
 BACKBONE_ARCHS = ("nafnet",)
+HEADER_FIELDS = ("format", "format_version", "backbone", "classifier", "degradations", "granularity", "q", "input",
+                 "provenance", "metrics")
+CHANNEL_ORDERS = ("RGB", "BGR")
+# Bounds of the input contract's value_range (adsrt writes [0, 1]). The runtime maps uint8 frames onto
+# it in float32 and divides by hi - lo on the way back: bounds beyond a 16-bit image's range or a span
+# of almost nothing (1e-300) would give inf or NaN at the first frame.
+MAX_ABS_VALUE = 65535.0
+MIN_VALUE_SPAN = 1e-3
+# Dtypes of weight and delta tensors: what torch checks for NaN and loads into the fp32 networks. The
+# float8 types are refused (torch cannot even run isfinite on float8_e4m3fn).
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+INDEX_DTYPES = (torch.int32, torch.int64)
+# Nesting of the JSON header (a real one has 5 levels: provenance holds the preset's values). A header
+# that json.loads just manages to parse, hundreds deep, would still make json.dumps (re-saving, the
+# digest) raise RecursionError later, from a deeper stack.
+MAX_HEADER_DEPTH = 32
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_+-]*$")
+
+
+def _wrong(name: str, expected: str, value: Any) -> BundleError:
+    return BundleError(f"{name} must be {expected}, got {type(value).__name__} {short_repr(value)}")
 
 
 @dataclass(frozen=True)
 class InputContract:
-    """What the restorer expects: RGB, NCHW, float in [0, 1]; it pads to ``pad_multiple`` itself."""
+    """What the restorer expects: RGB, NCHW, float in [0, 1]; it pads to ``pad_multiple`` itself.
+
+    Validated on construction (:class:`BundleError`); ``value_range`` is stored as two floats.
+    """
 
     channel_order: str = "RGB"
     layout: str = "NCHW"
     value_range: tuple[float, float] = (0.0, 1.0)
     pad_multiple: int = 16
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.channel_order, str) or self.channel_order not in CHANNEL_ORDERS:
+            raise _wrong("input channel_order", f"one of {', '.join(CHANNEL_ORDERS)}", self.channel_order)
+        if not isinstance(self.layout, str) or self.layout != "NCHW":
+            raise _wrong("input layout", "NCHW", self.layout)
+        vr = self.value_range
+        # The runtime divides by hi - lo: equal bounds would fail at the first frame, inverted ones invert it.
+        if not (isinstance(vr, (tuple, list)) and len(vr) == 2 and all(map(is_finite_number, vr))
+                and -MAX_ABS_VALUE <= vr[0] and vr[0] + MIN_VALUE_SPAN <= vr[1] <= MAX_ABS_VALUE):
+            raise _wrong("input value_range", f"two numbers lo < hi in [-{MAX_ABS_VALUE:g}, {MAX_ABS_VALUE:g}] "
+                         f"(hi - lo >= {MIN_VALUE_SPAN:g})", vr)
+        object.__setattr__(self, "value_range", (float(vr[0]), float(vr[1])))
+        p = self.pad_multiple
+        if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_PAD_MULTIPLE:
+            raise _wrong("input pad_multiple", f"an int in [1, {MAX_PAD_MULTIPLE}]", p)
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InputContract:
-        try:
-            contract = cls(
-                channel_order=str(d["channel_order"]),
-                layout=str(d["layout"]),
-                value_range=(float(d["value_range"][0]), float(d["value_range"][1])),
-                pad_multiple=int(d["pad_multiple"]),
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BundleError(f"bad input contract {d!r}: {exc}") from exc
-        if contract.channel_order not in ("RGB", "BGR") or contract.layout != "NCHW" or contract.pad_multiple < 1:
-            raise BundleError(f"unsupported input contract {d!r}")
-        return contract
+    def from_dict(cls, d: Any) -> InputContract:
+        if not isinstance(d, dict):
+            raise _wrong("input", "an object", d)
+        names = [f.name for f in fields(cls)]
+        if set(d) != set(names):
+            raise BundleError(f"input must have the keys {names}, got {short_repr(sorted(d))}")
+        return cls(**d)
 
 
 @dataclass
@@ -113,7 +154,7 @@ class Bundle:
 
     def unit_layouts(self) -> dict[str, UnitLayout]:
         """Unit layouts of every eligible layer of the backbone, at the bundle's granularity."""
-        return unit_layouts(build_backbone(self.backbone), self.granularity)
+        return unit_layouts(_skeleton(build_backbone, self.backbone), self.granularity)
 
     def digest(self) -> str:
         """SHA-256 (hex) of everything that decides the model's outputs: every tensor (name, dtype, shape,
@@ -176,44 +217,54 @@ def summarize(bundle: Bundle) -> BundleSummary:
 # ----------------------------------------------------------------------------------------------- validation
 
 
+def _skeleton(build: Callable[[Any], torch.nn.Module], config: Any) -> torch.nn.Module:
+    """The network ``build(config)`` with its parameters on the meta device: every name and shape, and no
+    memory or initialisation time however large the config (validation needs only the shapes)."""
+    with torch.device("meta"):
+        return build(config)
+
+
 def _check_state(label: str, state: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
     expected = model.state_dict()
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
         raise BundleError(
-            f"{label} weights do not match the architecture: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"{label} weights do not match the architecture: missing {short_repr(missing[:5])}, "
+            f"unexpected {short_repr(unexpected[:5])}"
         )
     for name, ref in expected.items():
         t = state[name]
         if tuple(t.shape) != tuple(ref.shape):
             raise BundleError(f"{label} tensor {name}: shape {tuple(t.shape)}, architecture needs {tuple(ref.shape)}")
-        if t.is_floating_point() != ref.is_floating_point():
+        if t.dtype not in FLOAT_DTYPES:
             raise BundleError(f"{label} tensor {name}: dtype {t.dtype} where {ref.dtype} is needed")
-        if t.is_floating_point() and not torch.isfinite(t).all():
+        if not torch.isfinite(t).all():
             raise BundleError(f"{label} tensor {name} holds NaN or infinite values")
 
 
 def validate(bundle: Bundle) -> None:
     """Raise :class:`BundleError` unless ``bundle`` is internally consistent."""
-    if not bundle.degradations:
-        raise BundleError("bundle names no degradations")
-    if len(set(bundle.degradations)) != len(bundle.degradations):
-        raise BundleError(f"duplicate degradation names {bundle.degradations}")
+    if not isinstance(bundle.degradations, list) or not bundle.degradations:
+        raise _wrong("degradations", "a non-empty list of names", bundle.degradations)
     for name in bundle.degradations:
-        if not _NAME_RE.match(name):
-            raise BundleError(f"bad degradation name {name!r} (lower-case letters, digits, _ + -)")
-    if bundle.granularity not in GRANULARITIES:
-        raise BundleError(f"granularity must be one of {GRANULARITIES}, got {bundle.granularity!r}")
-    if not (isinstance(bundle.q, (int, float)) and 0.0 < bundle.q <= 0.5):
-        raise BundleError(f"q must be in (0, 0.5], got {bundle.q!r}")
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise BundleError(f"bad degradation name {short_repr(name)} (a string of lower-case letters, digits, _ + -)")
+    if len(set(bundle.degradations)) != len(bundle.degradations):
+        raise BundleError(f"duplicate degradation names {short_repr(bundle.degradations)}")
+    if not isinstance(bundle.granularity, str) or bundle.granularity not in GRANULARITIES:
+        raise BundleError(f"granularity must be one of {GRANULARITIES}, got {short_repr(bundle.granularity)}")
+    if not (is_finite_number(bundle.q) and 0.0 < bundle.q <= 0.5):
+        raise BundleError(f"q must be in (0, 0.5], got {short_repr(bundle.q)}")
     if bundle.input.pad_multiple % bundle.backbone.pad_multiple:
         raise BundleError(
             f"input pad_multiple {bundle.input.pad_multiple} is not a multiple of the backbone's "
             f"{bundle.backbone.pad_multiple}"
         )
 
-    model = build_backbone(bundle.backbone)
+    # Shapes from a meta skeleton: a header may declare a network far larger than the file's tensors,
+    # which must not be allocated just to find that out.
+    model = _skeleton(build_backbone, bundle.backbone)
     _check_state("UM", bundle.um_state, model)
     layouts = unit_layouts(model, bundle.granularity)
 
@@ -227,7 +278,7 @@ def validate(bundle: Bundle) -> None:
                 raise BundleError(f"{where}: the backbone has no eligible convolution {layer!r}")
             layout = layouts[layer]
             units, values = delta.units, delta.values
-            if units.ndim != 1 or units.dtype not in (torch.int32, torch.int64):
+            if units.ndim != 1 or units.dtype not in INDEX_DTYPES:
                 raise BundleError(f"{where}: units must be a 1-D integer tensor, got {units.dtype} {tuple(units.shape)}")
             if len(units) and (int(units.min()) < 0 or int(units.max()) >= layout.n_units):
                 raise BundleError(
@@ -240,7 +291,7 @@ def validate(bundle: Bundle) -> None:
                 raise BundleError(
                     f"{where}: values have shape {tuple(values.shape)}, expected {(len(units), layout.unit_numel)}"
                 )
-            if not values.is_floating_point() or not torch.isfinite(values).all():
+            if values.dtype not in FLOAT_DTYPES or not torch.isfinite(values).all():
                 raise BundleError(f"{where}: values must be finite floats")
 
     if (bundle.classifier is None) != (bundle.classifier_state is None):
@@ -251,7 +302,7 @@ def validate(bundle: Bundle) -> None:
                 f"classifier has {bundle.classifier.num_classes} classes; a bundle of "
                 f"{len(bundle.degradations)} degradations needs {len(bundle.degradations) + 1} (last: clean/unknown)"
             )
-        _check_state("classifier", bundle.classifier_state, build_classifier(bundle.classifier))
+        _check_state("classifier", bundle.classifier_state, _skeleton(build_classifier, bundle.classifier))
 
 
 # ------------------------------------------------------------------------------------------- save and load
@@ -279,25 +330,78 @@ def save_bundle(bundle: Bundle, path: str | os.PathLike) -> Path:
     return path
 
 
-def _parse_header(metadata: dict[str, str] | None, path: Path) -> dict[str, Any]:
-    if not metadata or METADATA_KEY not in metadata:
-        raise BundleError(f"{path}: a safetensors file, but not an adsrt bundle (no '{METADATA_KEY}' metadata)")
+def _read_safetensors(path: Path) -> tuple[dict[str, str] | None, dict[str, torch.Tensor]]:
+    """The metadata and tensors of a safetensors file; BundleError if safetensors refuses it."""
     try:
-        header = json.loads(metadata[METADATA_KEY])
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path}: bundle header is not valid JSON ({exc})") from exc
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+        tensors = load_file(str(path))
+    # SafetensorError: a corrupt table or data (bad JSON, dtype, shape or offsets: the only error fuzzing
+    # saw from safetensors 0.8); OSError: the file cannot be read; ValueError: what safetensors' Python
+    # layer raises for arguments it rejects. Anything else is a defect to find, not to hide.
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(f"not a readable safetensors file (truncated or corrupt?): {_reason(exc)}") from exc
+    return metadata, tensors
+
+
+def _reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# save_bundle writes strict JSON (allow_nan=False), so NaN, Infinity, or a number that overflows to it
+# (1e400) in a header is corruption; refusing them here keeps every loaded header re-savable.
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"it holds the non-standard constant {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} overflows a float")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d + 1)
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _parse_header(metadata: dict[str, str] | None) -> dict[str, Any]:
+    if not metadata or METADATA_KEY not in metadata:
+        raise BundleError(f"a safetensors file, but not an adsrt bundle (no '{METADATA_KEY}' metadata)")
+    try:
+        header = json.loads(metadata[METADATA_KEY], parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError as exc:  # the C scanner recurses per nesting level
+        raise BundleError("bundle header is not valid JSON (nested too deeply)") from exc
+    except ValueError as exc:  # JSONDecodeError, NaN, or an integer of more than 4300 digits
+        raise BundleError(f"bundle header is not valid JSON ({_reason(exc)})") from exc
+    if _depth(header) > MAX_HEADER_DEPTH:
+        raise BundleError(f"bundle header is nested more than {MAX_HEADER_DEPTH} levels deep")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise BundleError(f"{path}: not an adsrt bundle (format {header.get('format') if isinstance(header, dict) else None!r})")
+        fmt = header.get("format") if isinstance(header, dict) else None
+        raise BundleError(f"not an adsrt bundle (format {short_repr(fmt)})")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    # An int, not a bool: JSON true would pass as 1 (True == 1 in Python).
+    if isinstance(version, bool) or not isinstance(version, int) or version != FORMAT_VERSION:
         raise BundleError(
-            f"{path}: bundle format version {version!r}; this adsrt reads version {FORMAT_VERSION} "
+            f"bundle format version {short_repr(version)}; this adsrt reads version {FORMAT_VERSION} "
             "(re-export the bundle with a matching adsrt)"
         )
+    unknown = sorted(header.keys() - set(HEADER_FIELDS))
+    if unknown:
+        raise BundleError(f"bad bundle header: unknown fields {short_repr(unknown)} (a newer bundle format?)")
     return header
 
 
-def _split_tensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[dict, dict, Deltas]:
+def _split_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict, dict, Deltas]:
     um, dc, parts = {}, {}, {}
     for name, tensor in tensors.items():
         kind, _, rest = name.partition("/")
@@ -309,16 +413,65 @@ def _split_tensors(tensors: dict[str, torch.Tensor], path: Path) -> tuple[dict, 
             d, layer, what = rest.split("/")
             parts.setdefault((d, layer), {})[what] = tensor
         else:
-            raise BundleError(f"{path}: unexpected tensor {name!r} (foreign or newer bundle?)")
+            raise BundleError(f"unexpected tensor {short_repr(name)} (foreign or newer bundle?)")
     deltas: Deltas = {}
     for (d, layer), pair in parts.items():
+        where = f"delta {short_repr(d)}/{short_repr(layer)}"
         if set(pair) != {"units", "delta"}:
-            raise BundleError(f"{path}: delta {d}/{layer} lacks its {'units' if 'units' not in pair else 'delta'} tensor")
+            raise BundleError(f"{where} lacks its {'units' if 'units' not in pair else 'delta'} tensor")
         units = pair["units"]
-        if units.dtype not in (torch.int32, torch.int64):
-            raise BundleError(f"{path}: delta {d}/{layer}: units must be integers, got {units.dtype}")
+        if units.dtype not in INDEX_DTYPES:
+            raise BundleError(f"{where}: units must be integers, got {units.dtype}")
         deltas.setdefault(d, {})[layer] = LayerDelta(units=units.to(torch.int64), values=pair["delta"])
     return um, dc, deltas
+
+
+def _optional_object(header: dict[str, Any], key: str) -> dict[str, Any]:
+    value = header.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise _wrong(key, "an object or null", value)
+    return dict(value or {})
+
+
+def _from_header(header: dict[str, Any], um: dict, dc: dict, deltas: Deltas) -> Bundle:
+    """The bundle the header and tensors describe, each header field's type checked (BundleError)."""
+    missing = [k for k in ("backbone", "degradations", "granularity", "q", "input") if k not in header]
+    if missing:
+        raise BundleError(f"missing fields {missing}")
+    info = header["backbone"]
+    if not isinstance(info, dict) or set(info) != {"arch", "config"}:
+        raise _wrong("backbone", "an object with the keys arch and config", info)
+    if not isinstance(info["arch"], str) or info["arch"] not in BACKBONE_ARCHS:
+        raise BundleError(f"unknown backbone architecture {short_repr(info['arch'])} (known: {', '.join(BACKBONE_ARCHS)})")
+    try:
+        backbone = NAFNetConfig.from_dict(info["config"])
+    except ConfigError as exc:
+        raise BundleError(f"backbone config: {exc}") from exc
+    try:
+        classifier = None if header.get("classifier") is None else ClassifierConfig.from_dict(header["classifier"])
+    except ConfigError as exc:
+        raise BundleError(f"classifier config: {exc}") from exc
+    degradations = header["degradations"]
+    if not isinstance(degradations, list) or not all(isinstance(d, str) for d in degradations):
+        raise _wrong("degradations", "a list of names (strings)", degradations)
+    granularity, q = header["granularity"], header["q"]
+    if not isinstance(granularity, str):
+        raise _wrong("granularity", "a string", granularity)
+    if not is_finite_number(q):
+        raise _wrong("q", "a finite number", q)
+    return Bundle(
+        backbone=backbone,
+        um_state=um,
+        degradations=degradations,
+        granularity=granularity,
+        q=float(q),
+        deltas=deltas,
+        classifier=classifier,
+        classifier_state=dc or None,
+        input=InputContract.from_dict(header["input"]),
+        provenance=_optional_object(header, "provenance"),
+        metrics=_optional_object(header, "metrics"),
+    )
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
@@ -327,38 +480,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     if not path.is_file():
         raise BundleError(f"{path}: no such bundle file")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            metadata = fh.metadata()
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise BundleError(f"{path}: not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    header = _parse_header(metadata, path)
-    um, dc, deltas = _split_tensors(tensors, path)
-    try:
-        backbone_info = header["backbone"]
-        if backbone_info.get("arch") not in BACKBONE_ARCHS:
-            raise BundleError(f"{path}: unknown backbone architecture {backbone_info.get('arch')!r}")
-        backbone = NAFNetConfig.from_dict(backbone_info["config"])
-        classifier = None if header.get("classifier") is None else ClassifierConfig.from_dict(header["classifier"])
-        q = header["q"]
-        if not isinstance(q, (int, float)) or not math.isfinite(q):
-            raise BundleError(f"{path}: q must be a number, got {q!r}")
-        bundle = Bundle(
-            backbone=backbone,
-            um_state=um,
-            degradations=list(header["degradations"]),
-            granularity=header["granularity"],
-            q=float(q),
-            deltas=deltas,
-            classifier=classifier,
-            classifier_state=dc or None,
-            input=InputContract.from_dict(header["input"]),
-            provenance=dict(header.get("provenance") or {}),
-            metrics=dict(header.get("metrics") or {}),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: bad bundle header ({type(exc).__name__}: {exc})") from exc
-    try:
+        metadata, tensors = _read_safetensors(path)
+        header = _parse_header(metadata)
+        um, dc, deltas = _split_tensors(tensors)
+        try:
+            bundle = _from_header(header, um, dc, deltas)
+        except BundleError as exc:
+            raise BundleError(f"bad bundle header: {exc}") from exc
         validate(bundle)
     except BundleError as exc:
         raise BundleError(f"{path}: {exc}") from exc

@@ -39,8 +39,9 @@ def check_writable_folder(folder: Path, target: Path) -> None:
     os.unlink(probe)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file in the target folder, then rename it over ``path``."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Write ``data`` (any bytes-like buffer) to a temporary file in the target folder, then rename it over
+    ``path``."""
     path = Path(path)
     fd, tmp = _temp_file(path.parent, path, ".part")
     try:

@@ -4,10 +4,14 @@ Input layouts are converted, never silently misread:
 
 - grayscale (HxW or HxWx1) is replicated to three channels;
 - RGBA / BGRA has its alpha channel dropped (a warning is logged: transparent pixels keep their colour);
-- 16-bit images are scaled to 8 bits (``round(v / 257)``), float images (EXR/TIFF) in [0, 1] are
-  scaled by 255 and clipped.
+- 16-bit images are scaled to 8 bits (``round(v / 257)``), float images (TIFF) in [0, 1] are
+  scaled by 255 (values within 1/50 outside the range, resampling overshoot, are clipped).
 
-Anything else (unreadable bytes, 2-channel images, empty files) raises :class:`ImageReadError`.
+Anything else raises :class:`ImageReadError`: unreadable bytes, 2-channel images, empty files, float
+images outside [0, 1] (a float TIFF holding 0..255 would otherwise clip to white), and images of more
+than ``max_pixels`` pixels. The pixel count is read from the file's header before anything is decoded
+(Pillow parses headers lazily), so a 1 MB PNG that declares 20000 x 20000 pixels is refused in
+milliseconds instead of allocating gigabytes.
 Outputs are encoded in memory, written to a temporary file beside the target and renamed, so a failed
 write never leaves a half file under the final name.
 """
@@ -27,6 +31,11 @@ from adsrt.fileio import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# Default pixel budget of one image or frame: 16384 x 16384. A 12000 x 12000 photo fits; restoring it
+# holds about 9 bytes per pixel of uint8 frame buffers (adsrt.runtime.tiling), 2.4 GB at this cap.
+MAX_PIXELS = 2**28
+# Float images a little outside [0, 1] (resampling overshoot) are clipped; further out is refused.
+_FLOAT_TOLERANCE = 0.02
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
@@ -61,6 +70,10 @@ def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False, source: str = "image")
     elif np.issubdtype(image.dtype, np.floating):
         if not np.isfinite(image).all():
             raise ImageReadError(f"{source}: float image holds NaN or infinite values")
+        lo, hi = float(image.min()), float(image.max())
+        if lo < -_FLOAT_TOLERANCE or hi > 1.0 + _FLOAT_TOLERANCE:
+            raise ImageReadError(f"{source}: float image holds values in [{lo:g}, {hi:g}]; adsrt reads float "
+                                 "images in [0, 1] (divide by 255, or save it as 8 or 16 bits)")
         image = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         raise ImageReadError(f"{source}: unsupported pixel type {image.dtype}")
@@ -72,22 +85,64 @@ def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False, source: str = "image")
     return np.ascontiguousarray(image)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as RGB uint8 HxWx3 (see the module docstring for conversions)."""
+def check_pixels(width: int, height: int, max_pixels: int, source: str) -> None:
+    """Refuse a ``width x height`` image or frame above the pixel budget, before it is decoded."""
+    if max_pixels > 0 and width * height > max_pixels:
+        raise ImageReadError(f"{source}: {width} x {height} = {width * height:,} pixels is over the limit of "
+                             f"{max_pixels:,} (raise it with --max-pixels)")
+
+
+def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header, without decoding pixels; None when Pillow does not know
+    the format (OpenCV may still decode it, and refuses images over 2**30 pixels itself)."""
+    from PIL import Image, UnidentifiedImageError
+
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our own budget decides (check_pixels); Pillow's bomb check would raise first
+    try:
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read an image file as RGB uint8 HxWx3 (see the module docstring for conversions). ``max_pixels``:
+    the pixel budget (0: none), checked on the header before decoding."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    size = header_size(path)
+    if size is not None:
+        check_pixels(*size, max_pixels, str(path))
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(f"{path}: empty file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header declaring more than OpenCV's 2**30 pixels
+        raise ImageReadError(f"{path}: OpenCV refused to decode it: {exc.err or exc}") from exc
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (unknown format or corrupt data)")
+    check_pixels(image.shape[1], image.shape[0], max_pixels, str(path))
     return to_rgb_uint8(image, bgr=image.ndim == 3 and image.shape[2] >= 3, source=str(path))
 
 
-def encode_image(image: np.ndarray, suffix: str) -> bytes:
-    """Encode an RGB uint8 HxWx3 array in the format named by ``suffix`` (e.g. '.png')."""
+def try_read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """:func:`read_image`, or None with a warning naming the file and why: how a folder of photos treats a
+    bad file (skipped and counted by the caller, the others still processed)."""
+    try:
+        return read_image(path, max_pixels=max_pixels)
+    except ImageReadError as exc:
+        log.warning("skipped unreadable image: %s", exc)
+        return None
+
+
+def encode_image(image: np.ndarray, suffix: str) -> memoryview:
+    """Encode an RGB uint8 HxWx3 array in the format named by ``suffix`` (e.g. '.png'). Returns a view of
+    OpenCV's buffer: a ``bytes`` copy would add up to 3 bytes per pixel at the peak of a large photo's write."""
     if suffix.lower() not in IMAGE_EXTENSIONS:
         raise OutputError(f"unsupported output extension {suffix!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -96,7 +151,7 @@ def encode_image(image: np.ndarray, suffix: str) -> bytes:
     ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image[:, :, ::-1]), params)
     if not ok:
         raise OutputError(f"OpenCV could not encode a {suffix} image")
-    return buf.tobytes()
+    return memoryview(buf)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

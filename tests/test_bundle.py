@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import random
+import time
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from adsrt.bundle import FORMAT_VERSION, load_bundle, save_bundle, summarize
+from adsrt.arch import (
+    BACKBONES,
+    ClassifierConfig,
+    NAFNetConfig,
+    build_backbone,
+    build_classifier,
+    count_params,
+)
+from adsrt.arch.config import MAX_PARAMS
+from adsrt.bundle import FORMAT_VERSION, InputContract, load_bundle, save_bundle, summarize
 from adsrt.errors import BundleError
 
 
@@ -192,3 +203,163 @@ def test_invalid_bundle_is_never_written(make_bundle, tmp_path):
         save_bundle(broken, path)
     assert path.read_bytes() == before  # the old bundle survives a failed save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors"]
+
+
+# ------------------------------------------------------------------------------ hostile headers (issue 18)
+
+
+def _config(**changes):
+    return lambda h: h["backbone"]["config"].update(changes)
+
+
+def _classifier(**changes):
+    return lambda h: h["classifier"].update(changes)
+
+
+HOSTILE = {
+    # Each was a hang, an unbounded allocation or a foreign exception before the header was bounded.
+    "middle_blocks 1e6": (_config(middle_blocks=1_000_000), "middle_blocks must be <= 64"),
+    "middle_blocks 2**31": (_config(middle_blocks=2**31), "middle_blocks"),
+    "enc_blocks 2**31": (_config(enc_blocks=[2**31, 1], dec_blocks=[1, 1]), r"enc_blocks\[0\]"),
+    "levels": (_config(enc_blocks=[1] * 11, dec_blocks=[1] * 11), "at most 10 entries"),
+    "huge width": (_config(width=10**6), "width must be <= 1024"),
+    "many parameters": (_config(width=1024, enc_blocks=[1] * 4, dec_blocks=[1] * 4), "parameters"),
+    "many blocks": (_config(enc_blocks=[64] * 4, dec_blocks=[1] * 4), "NAFBlocks"),
+    "dw_expand": (_config(dw_expand=2**31), "dw_expand"),
+    "classifier grid": (_classifier(grid=10**6), "grid must be <= 16"),
+    "classifier input_size": (_classifier(input_size=10**6), "input_size must be <= 1024"),
+    "classifier views": (_classifier(grid=16, input_size=1024, window=64), "pixels"),
+    "classifier crops": (_classifier(grid=16, input_size=32, window=2048), "pixels"),
+    "classifier depth 2**31": (_classifier(depth=2**31), "depth"),
+    "classifier convs 2**31": (_classifier(convs=2**31), "convs"),
+    "classifier width": (_classifier(width=10**6), "width"),
+    "classifier classes": (_classifier(num_classes=10**9), "num_classes"),
+    "classifier window": (_classifier(window=10**9), "window"),
+    "tiny temperature": (_classifier(temperature=1e-300), "temperature"),
+    "bool temperature": (_classifier(temperature=True), "temperature"),
+    "degradation int": (lambda h: h.update(degradations=[1, "blur", "rain"]), "degradations must be a list of names"),
+    "degradation list": (lambda h: h.update(degradations=[["noise"], "blur", "rain"]), "degradations"),
+    "degradations dict": (lambda h: h.update(degradations={"noise": 1}), "degradations"),
+    "backbone str": (lambda h: h.update(backbone="nafnet"), "backbone must be an object"),
+    "backbone list": (lambda h: h.update(backbone=[1]), "backbone must be an object"),
+    "arch int": (lambda h: h["backbone"].update(arch=1), "unknown backbone architecture 1"),
+    "config list": (lambda h: h["backbone"].update(config=[1]), "backbone config"),
+    "classifier str": (lambda h: h.update(classifier="small"), "classifier config"),
+    "value_range hi == lo": (lambda h: h["input"].update(value_range=[0.5, 0.5]), "value_range"),
+    "value_range inverted": (lambda h: h["input"].update(value_range=[1.0, 0.0]), "value_range"),
+    "value_range short": (lambda h: h["input"].update(value_range=[0.0]), "value_range"),
+    "value_range huge": (lambda h: h["input"].update(value_range=[0, 10**400]), "value_range"),
+    "value_range bool": (lambda h: h["input"].update(value_range=[False, True]), "value_range"),
+    "pad_multiple huge": (lambda h: h["input"].update(pad_multiple=2**40), "pad_multiple"),
+    "pad_multiple float": (lambda h: h["input"].update(pad_multiple=16.0), "pad_multiple"),
+    "channel_order list": (lambda h: h["input"].update(channel_order=["RGB"]), "channel_order"),
+    "input str": (lambda h: h.update(input="RGB"), "input must be an object"),
+    "input extra key": (lambda h: h["input"].update(gamma=2.2), "input must have the keys"),
+    "format_version true": (lambda h: h.update(format_version=True), "format version True"),
+    "format_version float": (lambda h: h.update(format_version=1.0), "format version 1.0"),
+    "granularity list": (lambda h: h.update(granularity=["kernel"]), "granularity must be a string"),
+    "q bool": (lambda h: h.update(q=True), "q must be a finite number"),
+    "q string": (lambda h: h.update(q="0.03"), "q must be a finite number"),
+    "q huge int": (lambda h: h.update(q=10**400), "q must be a finite number"),
+    "provenance list": (lambda h: h.update(provenance=[["a", 1]]), "provenance must be an object or null"),
+    "metrics str": (lambda h: h.update(metrics="ab"), "metrics must be an object or null"),
+    "unknown field": (lambda h: h.update(extra=1), "unknown fields"),
+    "missing field": (lambda h: h.pop("input"), r"missing fields \['input'\]"),
+    "deep provenance": (lambda h: h.update(provenance={"a": json.loads("[" * 40 + "]" * 40)}), "nested more than"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_headers_are_refused_quickly(make_bundle, tmp_path, case):
+    good = save_bundle(make_bundle(), tmp_path / "good.safetensors")
+    change, message = HOSTILE[case]
+    bad = rewrite(good, tmp_path / "bad.safetensors", header=change)
+    start = time.perf_counter()
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(bad)
+    assert time.perf_counter() - start < 2.0
+    assert "\n" not in str(info.value)  # one line naming the problem
+
+
+def _raw_header(text):
+    return {"adsrt": '{"format": "adsrt-bundle", "format_version": 1, "provenance": ' + text + "}"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # RecursionError inside json.loads
+        ("NaN", "non-standard constant NaN"),
+        ("-Infinity", "non-standard constant -Infinity"),
+        ("1e400", "overflows a float"),
+        ("9" * 5000, "not valid JSON"),  # more digits than Python converts
+    ],
+)
+def test_header_json_that_python_parses_badly_is_refused(make_bundle, tmp_path, text, message):
+    good = save_bundle(make_bundle(), tmp_path / "good.safetensors")
+    bad = rewrite(good, tmp_path / "bad.safetensors", metadata=_raw_header(text))
+    with pytest.raises(BundleError, match=message) as info:
+        load_bundle(bad)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 500
+
+
+def test_float8_weights_are_refused(make_bundle, tmp_path):
+    # torch cannot test float8_e4m3fn for NaN (isfinite is not implemented): refuse the dtype.
+    good = save_bundle(make_bundle(), tmp_path / "good.safetensors")
+    bad = rewrite(good, tmp_path / "bad.safetensors",
+                  tensors=lambda t: _set(t, "um/intro.bias", t["um/intro.bias"].to(torch.float8_e4m3fn)))
+    with pytest.raises(BundleError, match="dtype torch.float8_e4m3fn"):
+        load_bundle(bad)
+
+
+def test_half_precision_weights_still_load(make_bundle, tmp_path):
+    good = save_bundle(make_bundle(), tmp_path / "good.safetensors")
+    half = rewrite(good, tmp_path / "half.safetensors",
+                   tensors=lambda t: {k: v.half() if k.startswith("um/") else v for k, v in t.items()})
+    assert load_bundle(half).um_state["intro.weight"].dtype == torch.float16
+
+
+def test_input_contract_validates_on_construction():
+    assert InputContract(value_range=(0, 1)).value_range == (0.0, 1.0)
+    for bad in ((0.5, 0.5), (1.0, 0.0), (0.0, float("nan")), (0.0, 1e9)):
+        with pytest.raises(BundleError, match="value_range"):
+            InputContract(value_range=bad)
+    with pytest.raises(BundleError, match="pad_multiple"):
+        InputContract(pad_multiple=True)
+    with pytest.raises(BundleError, match="channel_order"):
+        InputContract(channel_order="RGBA")
+
+
+def test_save_refuses_non_string_degradations(make_bundle, tmp_path):
+    bundle = make_bundle()
+    bundle.degradations = [1, "blur", "rain"]
+    with pytest.raises(BundleError, match="bad degradation name 1"):
+        save_bundle(bundle, tmp_path / "b.safetensors")
+
+
+def test_bounds_admit_published_nafnets():
+    # The largest official NAFNets (SIDD width 64: 116M parameters; GoPro: 28 blocks in one level) fit.
+    sidd = NAFNetConfig(width=64, enc_blocks=(2, 2, 4, 8), middle_blocks=12, dec_blocks=(2, 2, 2, 2))
+    gopro = NAFNetConfig(width=64, enc_blocks=(1, 1, 1, 28), middle_blocks=1, dec_blocks=(1, 1, 1, 1))
+    assert sidd.num_params() == 115_982_915 < MAX_PARAMS
+    assert gopro.num_params() < MAX_PARAMS
+    assert ClassifierConfig(num_classes=7, input_size=96, width=24, depth=4, convs=2, window=96).num_params() < MAX_PARAMS
+
+
+def test_parameter_estimates_match_the_built_networks():
+    rng = random.Random(0)
+    configs = list(BACKBONES.values())
+    for _ in range(20):
+        levels = rng.randint(0, 4)
+        configs.append(NAFNetConfig(
+            in_channels=rng.randint(1, 4), width=2 * rng.randint(1, 6), middle_blocks=rng.randint(0, 2),
+            enc_blocks=tuple(rng.randint(0, 2) for _ in range(levels)),
+            dec_blocks=tuple(rng.randint(0, 2) for _ in range(levels)),
+            dw_expand=rng.randint(1, 3), ffn_expand=rng.randint(1, 3)))
+    for config in configs:
+        assert config.num_params() == count_params(build_backbone(config)), config
+    for _ in range(20):
+        depth = rng.randint(1, 4)
+        config = ClassifierConfig(num_classes=rng.randint(1, 9), input_size=2**depth * rng.randint(1, 3),
+                                  width=rng.randint(1, 8), depth=depth, convs=rng.randint(1, 3))
+        assert config.num_params() == count_params(build_classifier(config)), config

@@ -68,3 +68,55 @@ def test_list_images_filters_and_sorts(tmp_path, photo):
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / "sub.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.PNG", "b.jpg"]
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares ``width x height`` 8-bit grey pixels (its data is a few zero rows):
+    a decompression bomb's header, without the bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_a_header_over_the_pixel_budget_is_refused_before_decoding(tmp_path):
+    import resource
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_declaring(20000, 20000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageReadError, match=r"20000 x 20000 = 400,000,000 pixels is over the limit of 268,435,456"):
+        read_image(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing was decoded
+    with pytest.raises(ImageReadError, match="over the limit of 1,000"):
+        read_image(tmp_path / "bomb.png", max_pixels=1000)
+
+
+def test_opencvs_own_pixel_limit_is_our_error(tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_declaring(40000, 40000))  # more than OpenCV's 2**30 pixels
+    assert len(path.read_bytes()) < 100
+    with pytest.raises(ImageReadError, match="OpenCV refused to decode it"):
+        read_image(path, max_pixels=0)
+
+
+def test_float_images_outside_unit_range_are_refused(tmp_path, photo):
+    scaled = photo.astype(np.float32)  # 0..255 floats: would clip to near-white if read as [0, 1]
+    cv2.imwrite(str(tmp_path / "f255.tif"), scaled[:, :, ::-1])
+    with pytest.raises(ImageReadError, match=r"float image holds values in \[.*, 255\]; adsrt reads float images in \[0, 1\]"):
+        read_image(tmp_path / "f255.tif")
+    cv2.imwrite(str(tmp_path / "f1.tif"), np.ascontiguousarray((scaled / 255.0)[:, :, ::-1]))
+    assert np.array_equal(read_image(tmp_path / "f1.tif"), photo)
+
+
+def test_try_read_image_skips_with_a_warning(tmp_path, caplog):
+    from adsrt.imageio import try_read_image
+
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert try_read_image(tmp_path / "bad.png") is None
+    assert "skipped unreadable image" in caplog.text and "bad.png" in caplog.text

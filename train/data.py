@@ -17,8 +17,10 @@ crashing a training run hours later.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,6 +63,53 @@ def load_folder(folder: str | os.PathLike) -> tuple[list[Path], list[np.ndarray]
         except ImageReadError as exc:
             raise DataError(f"unreadable training image: {exc}") from exc
     return paths, images
+
+
+def split_holdout(data: str | os.PathLike, out: str | os.PathLike, heldout: int, *, seed: int = 0) -> dict:
+    """Split the photos of ``data`` into ``out/train`` and ``out/heldout`` (``heldout`` photos, drawn by
+    ``seed``), as symbolic links to the originals, and record the split in ``out/split.json``.
+
+    Why: a quality report needs clean photos that no training stage has seen, and the evaluation folders
+    are for development only; training on ``out/train`` keeps ``out/heldout`` unseen. The split depends
+    only on the sorted file names and the seed, so it is the same on every machine. Rerunning with the same
+    arguments is a no-op; ``out`` holding another split is refused (nothing is changed).
+    """
+    paths = folder_images(data)
+    if not 1 <= heldout < len(paths):
+        raise DataError(f"--heldout {heldout}: choose 1 to {len(paths) - 1} of the {len(paths)} photos of {data}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    held = sorted(paths[i].name for i in order[:heldout])
+    record = {"source": str(Path(data).resolve()), "seed": seed, "heldout": held,
+              "train": sorted(p.name for p in paths if p.name not in set(held))}
+    out = Path(out)
+    manifest = out / "split.json"
+    if manifest.is_file():
+        try:
+            existing = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{manifest}: unreadable split record ({exc})") from exc
+        if existing != record:
+            raise DataError(f"{out} holds another split (source, seed or photos differ); choose another --out")
+        return record
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not empty; choose an empty or new folder")
+    # Build next to the destination and rename, so an interrupted split leaves no half folder.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for part in ("train", "heldout"):
+            (tmp / part).mkdir(parents=True)
+            for name in record[part]:
+                (tmp / part / name).symlink_to(Path(data).resolve() / name)
+        (tmp / "split.json").write_text(json.dumps(record, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("split %s: %d for training, %d held out -> %s", data, len(record["train"]), heldout, out)
+    return record
 
 
 def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

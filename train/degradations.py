@@ -140,10 +140,14 @@ class LevelRange:
     train_hi: float
     default: float
     unit: str
+    lo_open: bool = False  # lo itself is not valid (noise: sigma 0 is no noise, not a noise level)
+
+    def describe(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]"
 
 
 LEVELS: dict[str, LevelRange] = {
-    "noise": LevelRange(0.0, 100.0, 5.0, 55.0, 25.0, "noise sigma on the 0-255 scale (at mid-grey)"),
+    "noise": LevelRange(0.0, 100.0, 5.0, 55.0, 25.0, "noise sigma on the 0-255 scale (at mid-grey)", lo_open=True),
     "blur": LevelRange(
         0.5, 6.0, 1.0, 4.0, 2.0,
         "blur strength in px (Gaussian sigma, defocus radius 2*level, motion or shake extent 4*level+1)"
@@ -180,8 +184,9 @@ def check_level(name: str, level: float) -> float:
     except (TypeError, ValueError) as exc:
         raise DegradationError(f"{name}: level {level!r} is not a number") from exc
     rng_ = LEVELS[name]
-    if not math.isfinite(value) or not rng_.lo <= value <= rng_.hi:
-        raise DegradationError(f"{name}: level {level!r} is outside [{rng_.lo:g}, {rng_.hi:g}] ({rng_.unit})")
+    below = value <= rng_.lo if rng_.lo_open else value < rng_.lo
+    if not math.isfinite(value) or below or value > rng_.hi:
+        raise DegradationError(f"{name}: level {level!r} is outside {rng_.describe()} ({rng_.unit})")
     return value
 
 

@@ -44,7 +44,7 @@ import torch
 from adsrt.arch import NAFNet, build_backbone
 from adsrt.bundle import Bundle
 from adsrt.errors import AdsrtError, DataError
-from adsrt.imageio import list_images, read_image
+from adsrt.imageio import list_images, read_image, try_read_image
 from adsrt.metrics import PROTOCOLS, score_pair
 from adsrt.runtime.restorer import Restorer, RestorerConfig
 from adsrt.train.checkpoint import check_same_architecture, load_backbone_weights
@@ -120,12 +120,16 @@ def synthetic_cases(clean_dir: str | Path, degradations: Sequence[str], seed: in
         raise AdsrtError(f"degradations repeat: {list(degradations)}")
     cases = []
     for path in paths:
-        clean = read_image(path)
+        clean = try_read_image(path)  # an unreadable photo is skipped (warned) and counted by evaluate()
+        if clean is None:
+            continue
         for text, plan in plans.items():
             # A composition has no single class, so it has no oracle or classifier truth.
             label = CLEAN_SPEC if not plan else plan[0].name if len(plan) == 1 else None
             degraded = clean.copy() if not plan else degrade(clean, plan, keyed_rng(seed, text, path.name))
             cases.append(EvalCase(text, path.name, degraded, clean, label))
+    if not cases:
+        raise DataError(f"{folder}: none of its {len(paths)} images could be read")
     return cases
 
 
@@ -282,6 +286,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.clean is not None:
         cases = synthetic_cases(cfg.clean, cfg.degradations, cfg.seed, cfg.max_images)
         data = f"{Path(cfg.clean).resolve()} degraded with {','.join(cfg.degradations)}, seed {cfg.seed}"
+        skipped = len(_limit(list_images(cfg.clean), cfg.max_images)) - len({c.name for c in cases})
+        if skipped:
+            data += f" ({skipped} unreadable photos skipped)"
     else:
         degraded_dir, clean_dir = cfg.pairs
         cases = paired_cases(degraded_dir, clean_dir, cfg.label, cfg.max_images)

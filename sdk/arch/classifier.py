@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adsrt.arch.config import HeaderConfig, check_int
+from adsrt.arch.config import HeaderConfig, check_int, check_params, is_finite_number, short_repr
 from adsrt.errors import ConfigError, InputError
 
 __all__ = ["ClassifierConfig", "ConvReLU", "DegradationClassifier", "build_classifier"]
 
-
+# Upper bounds of a ClassifierConfig. A bundle header is untrusted: the loader builds the classifier it
+# declares and the runtime runs it on every frame, so each number is bounded, far above the real ones
+# (adsrt's presets: 7 classes, input_size 32-128, width 4-24, depth 2-4, 1-2 convs, 96-128 px windows, a
+# 3x3 grid), and so are the parameters (adsrt.arch.config.MAX_PARAMS).
+MAX_CLASSES = 1024  # k degradations + 1
+MAX_INPUT_SIZE = 1024  # side of the square each view is resized to
+MAX_WIDTH = 128  # channels of the first stage (doubled per stage)
+MAX_DEPTH = 10  # stride-2 stages; input_size >= 2 ** depth, so 10 is all MAX_INPUT_SIZE allows
+MAX_CONVS = 8  # 3x3 convolutions per stage
+MAX_WINDOW = 2048  # frame pixels of a view's side
+MAX_GRID = 16  # views per side of the lattice
+# Pixels of the views the classifier crops (window ** 2 each), resizes (input_size ** 2 each) and
+# convolves per frame: views (grid ** 2 with windows, else 1) times the larger side squared. Bounds the
+# memory of the first frame (50 MB of float32 RGB; the first stage's activations stay under 1 GiB at
+# MAX_WIDTH): a 16 x 16 grid of 128 px views, 3 x 3 of 682 px, or one of 2048 px reach it; the presets
+# use 3 x 3 of 96 px (about 83k pixels).
+MAX_VIEW_PIXELS = 2**22
+# The softmax temperature's range (calibration picks one of 1, 0.5, 0.25, 0.1): the runtime divides
+# float32 logits by it, and a tiny one (1e-300) overflows them to inf, so c becomes NaN at the first frame.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 
 
 @dataclass(frozen=True)
@@ -42,16 +60,37 @@ class ClassifierConfig(HeaderConfig):
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("num_classes", self.num_classes, 1)
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise ConfigError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        check_int("width", self.width, 1)
-        check_int("depth", self.depth, 1)
-        check_int("convs", self.convs, 1)
-        check_int("window", self.window, 0)
-        check_int("grid", self.grid, 1)
+        check_int("num_classes", self.num_classes, 1, MAX_CLASSES)
+        if not (is_finite_number(self.temperature) and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise ConfigError(f"temperature must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], "
+                              f"got {short_repr(self.temperature)}")
+        check_int("width", self.width, 1, MAX_WIDTH)
+        check_int("depth", self.depth, 1, MAX_DEPTH)  # before 2 ** depth below
+        check_int("convs", self.convs, 1, MAX_CONVS)
+        check_int("window", self.window, 0, MAX_WINDOW)
+        check_int("grid", self.grid, 1, MAX_GRID)
         # Each stage halves the resolution; the last stage must still see at least one pixel.
-        check_int("input_size", self.input_size, 2**self.depth)
+        check_int("input_size", self.input_size, 2**self.depth, MAX_INPUT_SIZE)
+        views = self.grid**2 if self.window else 1
+        side = max(self.window, self.input_size)
+        if views * side**2 > MAX_VIEW_PIXELS:
+            raise ConfigError(
+                f"the classifier would crop or resize {views} views of {side}x{side} pixels per frame (grid "
+                f"{self.grid}, window {self.window}, input_size {self.input_size}); at most {MAX_VIEW_PIXELS:,} "
+                "pixels are supported"
+            )
+        check_params("the classifier", self.num_params())
+
+    def num_params(self) -> int:
+        """Parameters of :class:`DegradationClassifier` with this config, computed without building it;
+        equals ``count_params(DegradationClassifier(config))``."""
+        n, c_in = 0, 3
+        for i in range(self.depth):
+            c_out = self.width * 2**i
+            n += c_in * c_out * 9 + c_out  # the strided 3x3 conv
+            n += (self.convs - 1) * (c_out * c_out * 9 + c_out)  # the unstrided ones
+            c_in = c_out
+        return n + c_in * self.num_classes + self.num_classes  # head
 
 
 class ConvReLU(nn.Module):

@@ -30,12 +30,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adsrt.arch.config import HeaderConfig, check_int, check_int_tuple
+from adsrt.arch.config import HeaderConfig, check_int, check_int_tuple, check_params
 from adsrt.errors import ConfigError, InputError
 
 __all__ = ["BACKBONES", "LayerNorm2d", "NAFBlock", "NAFNet", "NAFNetConfig", "SimpleGate", "build_backbone"]
 
+# Upper bounds of a NAFNetConfig. A bundle header is untrusted and the loader builds the network it
+# declares, so each number is bounded (far above real models) before any module exists; the parameter
+# count is bounded too (adsrt.arch.config.MAX_PARAMS). Official NAFNets: width 32-64, at most 28 blocks
+# in a level (GoPro: enc_blocks 1, 1, 1, 28), 12 middle blocks, 36 blocks in all, 4 levels, expansion 2.
+MAX_IN_CHANNELS = 64  # RGB is 3; room for RAW or multispectral inputs
+MAX_WIDTH = 1024  # channels of the first level (doubled per level)
+MAX_EXPAND = 16  # dw_expand and ffn_expand (the reference uses 2)
+MAX_LEVELS = 10  # entries of enc_blocks / dec_blocks, i.e. 2x downsamplings
+MAX_PAD_MULTIPLE = 2**MAX_LEVELS  # the input is padded to a multiple of 2 ** levels
+MAX_STAGE_BLOCKS = 64  # NAFBlocks of one level, or middle blocks
+# NAFBlocks in all: each is a dozen modules, so this bounds the time to build even a meta-device skeleton.
+MAX_TOTAL_BLOCKS = 256
 
+
+def _block_params(c: int, dw_expand: int, ffn_expand: int) -> int:
+    """Parameters of ``NAFBlock(c, dw_expand, ffn_expand)``, conv by conv (weights + biases)."""
+    dw, ffn = c * dw_expand, c * ffn_expand
+    return (
+        (c * dw + dw)  # conv1, 1x1
+        + (dw * 9 + dw)  # conv2, depthwise 3x3
+        + (dw // 2 * c + c)  # conv3, 1x1 after SimpleGate
+        + ((dw // 2) ** 2 + dw // 2)  # sca.1, 1x1
+        + (c * ffn + ffn)  # conv4
+        + (ffn // 2 * c + c)  # conv5
+        + 6 * c  # norm1, norm2 (weight + bias), beta, gamma
+    )
 
 
 @dataclass(frozen=True)
@@ -56,13 +81,13 @@ class NAFNetConfig(HeaderConfig):
     ffn_expand: int = 2
 
     def __post_init__(self) -> None:
-        check_int("in_channels", self.in_channels, 1)
-        check_int("width", self.width, 1)
-        check_int_tuple("enc_blocks", self.enc_blocks, 0)
-        check_int("middle_blocks", self.middle_blocks, 0)
-        check_int_tuple("dec_blocks", self.dec_blocks, 0)
-        check_int("dw_expand", self.dw_expand, 1)
-        check_int("ffn_expand", self.ffn_expand, 1)
+        check_int("in_channels", self.in_channels, 1, MAX_IN_CHANNELS)
+        check_int("width", self.width, 1, MAX_WIDTH)
+        check_int_tuple("enc_blocks", self.enc_blocks, 0, MAX_STAGE_BLOCKS, max_len=MAX_LEVELS)
+        check_int("middle_blocks", self.middle_blocks, 0, MAX_STAGE_BLOCKS)
+        check_int_tuple("dec_blocks", self.dec_blocks, 0, MAX_STAGE_BLOCKS, max_len=MAX_LEVELS)
+        check_int("dw_expand", self.dw_expand, 1, MAX_EXPAND)
+        check_int("ffn_expand", self.ffn_expand, 1, MAX_EXPAND)
         if len(self.dec_blocks) != len(self.enc_blocks):
             raise ConfigError(
                 f"enc_blocks and dec_blocks need one entry per level, got {len(self.enc_blocks)} "
@@ -74,6 +99,26 @@ class NAFNetConfig(HeaderConfig):
                 f"width * dw_expand and width * ffn_expand must be even for SimpleGate, got width={self.width}, "
                 f"dw_expand={self.dw_expand}, ffn_expand={self.ffn_expand}"
             )
+        blocks = sum(self.enc_blocks) + self.middle_blocks + sum(self.dec_blocks)
+        if blocks > MAX_TOTAL_BLOCKS:
+            raise ConfigError(f"the backbone would have {blocks} NAFBlocks; at most {MAX_TOTAL_BLOCKS} are supported")
+        check_params("the backbone", self.num_params())
+
+    def num_params(self) -> int:
+        """Parameters of :class:`NAFNet` with this config, computed without building it (the bundle
+        loader bounds it before any module exists); equals ``count_params(NAFNet(config))``."""
+        c = self.width
+        n = self.in_channels * c * 9 + c  # intro, 3x3
+        for blocks in self.enc_blocks:
+            n += blocks * _block_params(c, self.dw_expand, self.ffn_expand)
+            n += c * 2 * c * 4 + 2 * c  # down, 2x2 stride 2
+            c *= 2
+        n += self.middle_blocks * _block_params(c, self.dw_expand, self.ffn_expand)
+        for blocks in self.dec_blocks:
+            n += c * 2 * c  # up, 1x1 without bias (then PixelShuffle)
+            c //= 2
+            n += blocks * _block_params(c, self.dw_expand, self.ffn_expand)
+        return n + self.width * self.in_channels * 9 + self.in_channels  # ending, 3x3
 
     @property
     def pad_multiple(self) -> int:

@@ -7,5 +7,7 @@
 - :mod:`adsrt.bench.latency`: frame latency per backend, mode and size (``adsrt bench latency``);
 - :mod:`adsrt.bench.default_report`: the bundled default model's quality report (CBSD68, confusion,
   real photos, cost, peers); :mod:`adsrt.bench.quality`: the small-scale ablation of the paper's tables.
-  Both score through the runtime (``adsrt.train.evaluate`` and the Restorer).
+  Both score through the runtime (``adsrt.train.evaluate`` and the Restorer);
+- :mod:`adsrt.bench.fuzz_bundle`: mutated bundles against the loader (the fuzz test and its long run);
+  :mod:`adsrt.bench.memory`: peak RSS of ``adsrt restore`` on large photos against ``--memory-limit``.
 """

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 import adsrt
+from adsrt.cli.argtypes import add_max_pixels_option, int_in, seed
 from adsrt.cli.bench import add_bench_commands
 from adsrt.cli.export import add_export_command
 from adsrt.cli.runtime import add_runtime_commands
@@ -32,7 +33,7 @@ log = logging.getLogger("adsrt")
 def cmd_degrade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, write_image
+    from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, try_read_image, write_image
     from adsrt.train.degradations import degrade, keyed_rng, parse_specs
 
     specs = parse_specs(args.kind)  # validates names and levels before any file is touched
@@ -43,16 +44,28 @@ def cmd_degrade(args: argparse.Namespace) -> int:
             raise ImageReadError(f"{src}: no images in this folder")
         if dst.exists() and not dst.is_dir():
             raise OutputError(f"{dst}: input is a folder, so the output must be a folder")
-        dst.mkdir(parents=True, exist_ok=True)
         suffix = args.ext if args.ext.startswith(".") else f".{args.ext}"
         if suffix.lower() not in IMAGE_EXTENSIONS:
             raise OutputError(f"unsupported --ext {args.ext!r}")
+        if dst.resolve() == src.resolve():
+            raise OutputError(f"{dst}: the output folder is the input folder; choose another")
+        written = skipped = 0
         for path in tqdm(paths, desc=f"degrade {args.kind}", unit="img", disable=args.quiet):
-            image = read_image(path)
+            image = try_read_image(path, max_pixels=args.max_pixels)  # a bad file is skipped and counted
+            if image is None:
+                skipped += 1
+                continue
+            dst.mkdir(parents=True, exist_ok=True)  # created with the first image: no empty folder on failure
             write_image(dst / f"{path.stem}{suffix}", degrade(image, specs, keyed_rng(args.seed, path.name)))
-        print(f"{len(paths)} images degraded with {args.kind} -> {dst}")
+            written += 1
+        if not written:
+            raise ImageReadError(f"{src}: none of its {len(paths)} images could be read")
+        note = f", {skipped} unreadable skipped" if skipped else ""
+        print(f"{written} images degraded with {args.kind}{note} -> {dst}")
     else:
-        image = read_image(src)
+        if dst.resolve() == src.resolve():
+            raise OutputError(f"{dst}: the output is the input image; choose another name")
+        image = read_image(src, max_pixels=args.max_pixels)
         write_image(dst, degrade(image, specs, keyed_rng(args.seed, src.name)))
         print(f"{src} degraded with {args.kind} -> {dst}")
     return 0
@@ -78,7 +91,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     files = []
     for name, restored_path, reference_path in _metric_pairs(Path(args.restored), Path(args.reference)):
-        restored, reference = read_image(restored_path), read_image(reference_path)
+        restored = read_image(restored_path, max_pixels=args.max_pixels)
+        reference = read_image(reference_path, max_pixels=args.max_pixels)
         if restored.shape != reference.shape:
             raise AdsrtError(f"{name}: size {restored.shape[:2]} differs from its reference {reference.shape[:2]}")
         psnr, ssim = score_pair(restored, reference, protocol=args.protocol)
@@ -156,8 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise, blur, rain, haze, snow, lowlight or mix, with an optional level (noise:25) and "
                         "style (noise/awgn:25, blur/defocus:2); '+' composes (noise:15+blur:2); without a level "
                         "one is drawn from the training range, without a style one from the family")
-    p.add_argument("--seed", type=int, default=0, help="random seed (each file draws from seed and its name)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (each file draws from seed and its name)")
     p.add_argument("--ext", default=".png", help="output format for folders (default .png: lossless)")
+    add_max_pixels_option(p)
     p.set_defaults(func=cmd_degrade)
 
     p = sub.add_parser("metrics", help="PSNR/SSIM of restored images against references")
@@ -167,13 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adsrt: RGB in [0,1], Gaussian SSIM, no crop; peers: scikit-image conventions, "
                         "centre crop to a multiple of 16 (AirNet/PromptIR/IDR tables)")
     p.add_argument("--json", metavar="OUT", help="also write the scores as JSON")
+    add_max_pixels_option(p)
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("info", help="describe a bundle: degradations, parameters, ADS overhead")
     p.add_argument("bundle", metavar="BUNDLE", nargs="?", default="default",
                    help="bundle file (.safetensors) or bundled model name (default: default)")
-    p.add_argument("--height", type=int, default=720, help="frame height for the FLOP count (default 720)")
-    p.add_argument("--width", type=int, default=1280, help="frame width for the FLOP count (default 1280)")
+    p.add_argument("--height", type=int_in(1, 65536), default=720, help="frame height for the FLOP count (default 720)")
+    p.add_argument("--width", type=int_in(1, 65536), default=1280, help="frame width for the FLOP count (default 1280)")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("demo", help="restore degraded sample photos with the bundled default model")
@@ -182,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", default="default", help="bundle file or bundled model name (default: default)")
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"),
                    help="inference backend (default auto: the best available, logged)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the degradations (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed of the degradations (default 0)")
     p.set_defaults(func=cmd_demo)
 
     add_bench_commands(sub)  # bench ads-update (alias swap), bench latency

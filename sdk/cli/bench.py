@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from adsrt.cli.runtime import _positive_int
+from adsrt.cli.argtypes import positive_int
 
 
 def _report(args: argparse.Namespace, result) -> int:
@@ -88,9 +88,9 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backends", help="comma-separated backends (default: every available one)")
     p.add_argument("--modes", default="um,swap,branch", help="comma-separated modes (default um,swap,branch)")
     p.add_argument("--sizes", default="480p,720p,1080p", help="comma-separated sizes (default 480p,720p,1080p)")
-    p.add_argument("--iters", type=_positive_int, default=10, help="timed frames per row (default 10)")
+    p.add_argument("--iters", type=positive_int, default=10, help="timed frames per row (default 10)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--threads", type=_positive_int, help="CPU: torch threads (default: torch's setting)")
+    p.add_argument("--threads", type=positive_int, help="CPU: torch threads (default: torch's setting)")
     p.add_argument("--backbone", default="nafnet-edge", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_bench_latency)
 
@@ -101,8 +101,8 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
     p.add_argument("--variants", help=f"comma-separated, of {', '.join(VARIANTS)} (default {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--stages", help=f"comma-separated, of {', '.join(STAGES)} (default all)")
-    p.add_argument("--steps", type=_positive_int, default=24, help="timed steps per round (default 24)")
-    p.add_argument("--rounds", type=_positive_int, default=2, help="rounds of every variant in turn (default 2)")
+    p.add_argument("--steps", type=positive_int, default=24, help="timed steps per round (default 24)")
+    p.add_argument("--rounds", type=positive_int, default=2, help="rounds of every variant in turn (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--json", metavar="OUT", help="also write the rows as JSON")
     p.add_argument("--backbone", default="nafnet-small", help=argparse.SUPPRESS)

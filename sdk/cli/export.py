@@ -34,14 +34,23 @@ def _shape(text: str) -> tuple[int, int, int]:
 
 
 def _check_images(folder: str | None, limit: int) -> list:
-    from adsrt.imageio import list_images, read_image, sample_photos
+    from adsrt.imageio import list_images, sample_photos, try_read_image
 
     if folder is None:
         return list(sample_photos().values())[:limit]
     paths = list_images(folder)
     if not paths:
         raise AdsrtError(f"--check-images {folder}: no images in this folder")
-    return [read_image(p) for p in paths[:limit]]
+    images = []
+    for path in paths:  # unreadable files are skipped (with a warning each) until `limit` images are read
+        image = try_read_image(path)
+        if image is not None:
+            images.append(image)
+            if len(images) == limit:
+                break
+    if not images:
+        raise AdsrtError(f"--check-images {folder}: none of its {len(paths)} images could be read")
+    return images
 
 
 def _check_output(out: Path) -> None:

@@ -17,8 +17,11 @@ import contextlib
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
+
+from adsrt.cli.argtypes import add_max_pixels_option, finite_float, int_in, nonnegative_int, positive_int
 
 
 def _restorer(args: argparse.Namespace, **overrides: Any):
@@ -39,7 +42,8 @@ def _source_options(args: argparse.Namespace):
     from adsrt.io.sources import SourceOptions
 
     return SourceOptions(width=args.input_width, height=args.input_height, rate=args.input_rate,
-                         max_frames=args.input_frames, retries=args.input_retries, backoff_s=args.input_backoff)
+                         max_frames=args.input_frames, retries=args.input_retries, backoff_s=args.input_backoff,
+                         max_pixels=args.max_pixels)
 
 
 # ------------------------------------------------------------------------------------------------ restore
@@ -49,7 +53,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from adsrt.fileio import check_writable_folder, write_json
     from adsrt.io.sinks import SinkOptions, open_sink
     from adsrt.io.sources import open_source
-    from adsrt.runtime.loop import process
+    from adsrt.runtime.loop import handle_interrupts, process
 
     if args.stats:
         stats = Path(args.stats)
@@ -65,36 +69,48 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise
     if not args.quiet:
         print(f"adsrt restore: {source.describe()} -> {sink.path}", file=sys.stderr)
-    with _sigterm_as_interrupt():
+    # The report is written inside too: once the output is being finished, more signals wait for adsrt to
+    # say what it kept, and to exit, instead of killing it halfway.
+    with handle_interrupts() as interrupts, _sigterm_as_interrupt(interrupts):
         report = process(source, sink, restorer, side_by_side=args.side_by_side, collect_stats=bool(args.stats),
-                         progress=not args.quiet)
-    if args.stats:
-        write_json(args.stats, _stats(report, restorer))
-    if report.interrupted:
-        kept = "kept the playable part" if report.kept_partial else "nothing playable was kept"
-        print(f"adsrt restore: interrupted after {report.frames_out} frames; {kept} ({sink.path})", file=sys.stderr)
-        return 130
-    print(f"{report.summary()} -> {sink.path}")
-    return 0
+                         progress=not args.quiet, interrupts=interrupts)
+        if args.stats:
+            write_json(args.stats, _stats(report, restorer))
+        if report.interrupted:
+            _ignore_signals_until_exit()
+            kept = "kept the playable part" if report.kept_partial else "nothing playable was kept"
+            # the sink's count: the frames in the file, whatever the report's bookkeeping
+            print(f"adsrt restore: interrupted after {sink.written} frames; {kept} ({sink.path})", file=sys.stderr)
+            return 130
+        print(f"{report.summary()} -> {sink.path}")
+        return 0
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (``kill``, a service manager stopping us) ends a run like Ctrl-C: the output is closed and
-    its playable part kept, instead of dying with a temporary file left behind."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
+def _sigterm_as_interrupt(interrupts):
+    """SIGTERM (``kill``, a service manager stopping us) ends a run like Ctrl-C, by the same handler
+    (:class:`adsrt.runtime.loop.Interrupts`): the output is closed and its playable part kept, instead of
+    dying with a temporary file left behind, and signals after the first wait for that."""
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = signal.signal(signal.SIGTERM, interrupts)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is interrupts:  # not replaced meanwhile (_ignore_signals_until_exit)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_signals_until_exit() -> None:
+    """An interrupted run has only to report and exit 130; the interpreter's shutdown after that (threads,
+    torch's finalizers) takes long enough for another Ctrl-C to land there, print a traceback or kill the
+    process by the signal. So SIGINT and SIGTERM stay ignored from here on (also for a program that calls
+    ``main`` in-process: it asked to stop)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stats(report, restorer) -> dict[str, Any]:
@@ -153,11 +169,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _suffix(text: str) -> str:
+    """The default output name's suffix: it names a file beside the input, never a path elsewhere (empty is
+    the input's own name, refused later unless --overwrite)."""
+    if "/" in text or "\\" in text or text in (".", "..") or "\0" in text:
+        raise argparse.ArgumentTypeError(f"must be a file-name suffix without path separators, got {text!r}")
+    return text
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -175,14 +192,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def _add_input_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input options")
-    g.add_argument("--input-width", type=_positive_int, help="cameras: requested capture width")
-    g.add_argument("--input-height", type=_positive_int, help="cameras: requested capture height")
-    g.add_argument("--input-rate", type=float, help="cameras: requested frame rate")
-    g.add_argument("--input-frames", type=_positive_int, metavar="N", help="stop after N frames")
-    g.add_argument("--input-retries", type=int, default=5, metavar="N",
+    g.add_argument("--input-width", type=positive_int, help="cameras: requested capture width")
+    g.add_argument("--input-height", type=positive_int, help="cameras: requested capture height")
+    g.add_argument("--input-rate", type=finite_float(0, lo_open=True), help="cameras: requested frame rate")
+    g.add_argument("--input-frames", type=positive_int, metavar="N", help="stop after N frames")
+    g.add_argument("--input-retries", type=nonnegative_int, default=5, metavar="N",
                    help="network streams: reconnect attempts before stopping (default 5)")
-    g.add_argument("--input-backoff", type=float, default=0.5, metavar="S",
+    g.add_argument("--input-backoff", type=finite_float(0, 3600), default=0.5, metavar="S",
                    help="network streams: first reconnect delay in seconds, doubled per attempt (default 0.5)")
+    add_max_pixels_option(g)
 
 
 def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
@@ -197,16 +215,18 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="swap", choices=("swap", "branch", "um"),
                    help="swap: fused in-place weight update; branch: constant weights, c as an input (same output "
                         "to fp32 rounding); um: the unified model only (baseline)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="fp16/bf16 on CUDA only")
-    p.add_argument("--tile", type=int, metavar="N", help="restore in N x N tiles (overlapping, blended)")
-    p.add_argument("--tile-overlap", type=int, metavar="N", help="tile overlap in pixels (default 32)")
-    p.add_argument("--memory-limit", dest="memory_limit_mb", type=float, metavar="MB",
-                   help="tile frames whose estimated activations exceed MB (default 4096; 0 = never)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
+                   help="torch and tensorrt: fp16/bf16 on CUDA only; onnxruntime: fp32 or fp16 graphs, on the CPU too")
+    p.add_argument("--tile", type=int_in(16), metavar="N", help="restore in N x N tiles (overlapping, blended)")
+    p.add_argument("--tile-overlap", type=nonnegative_int, metavar="N", help="tile overlap in pixels (default 32)")
+    p.add_argument("--memory-limit", dest="memory_limit_mb", type=finite_float(0), metavar="MB",
+                   help="tile frames whose estimated memory (uint8 frame buffers + activations) exceeds MB "
+                        "(default 4096; 0 = never)")
     p.add_argument("--force", metavar="DEGRADATION",
                    help="skip the classifier: apply this degradation's delta fully ('clean': the UM alone)")
-    p.add_argument("--ema", type=float, help="video: weight of the previous frame's c (default 0.8; 0 = none)")
-    p.add_argument("--temperature", type=float, help="classifier softmax temperature (default: the bundle's calibrated one)")
-    p.add_argument("--scene-threshold", type=float,
+    p.add_argument("--ema", type=finite_float(0, 1, hi_open=True), help="video: weight of the previous frame's c (default 0.8; 0 = none)")
+    p.add_argument("--temperature", type=finite_float(0, lo_open=True), help="classifier softmax temperature (default: the bundle's calibrated one)")
+    p.add_argument("--scene-threshold", type=finite_float(0, lo_open=True),
                    help="video: thumbnail difference that restarts the smoothing of c (default 0.1)")
     p.add_argument("--cuda-graph", action="store_true", default=None,
                    help="CUDA: capture classify -> update -> restore as one graph per frame size")
@@ -216,9 +236,9 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("output options")
     g.add_argument("--output-codec", metavar="FOURCC",
                    help="video codec (default by extension: .mp4 mp4v, .avi MJPG, .mkv FFV1)")
-    g.add_argument("--output-rate", type=float, metavar="FPS", help="video frame rate (default: the input's, else 30)")
+    g.add_argument("--output-rate", type=finite_float(0, 1000, lo_open=True), metavar="FPS", help="video frame rate (default: the input's, else 30)")
     g.add_argument("--output-ext", metavar="EXT", help="image format of folder outputs (default: the input's, else .png)")
-    g.add_argument("--output-suffix", default="_restored",
+    g.add_argument("--output-suffix", type=_suffix, default="_restored",
                    help="suffix of the default output name next to the input (default _restored)")
     g.add_argument("--overwrite", action="store_true",
                    help="allow OUTPUT to be the input (or inside the input folder): replaced once the output is complete")
@@ -227,7 +247,7 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="degradation probabilities of an image, folder, video or stream")
     p.add_argument("input", metavar="INPUT")
     _add_model_options(p)
-    p.add_argument("--temperature", type=float, help="softmax temperature (default: the bundle's calibrated one)")
+    p.add_argument("--temperature", type=finite_float(0, lo_open=True), help="softmax temperature (default: the bundle's calibrated one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_input_options(p)
     p.set_defaults(func=cmd_classify)

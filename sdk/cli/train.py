@@ -11,6 +11,8 @@ import argparse
 import json
 from typing import Any
 
+from adsrt.cli.argtypes import seed
+
 
 def _csv(text: str) -> tuple[str, ...]:
     items = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -177,6 +179,15 @@ def cmd_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from adsrt.train.data import split_holdout
+
+    record = split_holdout(args.data, args.out, args.heldout, seed=args.seed)
+    print(f"{len(record['train'])} photos for training -> {args.out}/train, "
+          f"{len(record['heldout'])} held out -> {args.out}/heldout")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from adsrt.fileio import write_json
     from adsrt.train.evaluate import EvalConfig, evaluate, format_report
@@ -200,7 +211,7 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
                       help="degraded images and their references, matched by file name stem")
     p.add_argument("--degradations", type=_csv,
                    help="with --clean: comma-separated name[:level], one row each (default noise:25,blur,rain)")
-    p.add_argument("--seed", type=int, help="with --clean: seed of the degradations (default 0)")
+    p.add_argument("--seed", type=seed, help="with --clean: seed of the degradations (default 0)")
     p.add_argument("--label", metavar="NAME[:LEVEL]", help="with --pairs: their degradation (enables oracle, IM, DC accuracy)")
     p.add_argument("--protocol", choices=("adsrt", "peers"), default="adsrt",
                    help="adsrt: RGB in [0,1], Gaussian SSIM; peers: scikit-image conventions, centre crop to 16")
@@ -237,7 +248,7 @@ def cmd_train_status(args: argparse.Namespace) -> int:
 
 
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,all}`` and ``adsrt eval``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,split,all}`` and ``adsrt eval``."""
     add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -317,12 +328,19 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the stages as JSON")
     p.set_defaults(func=cmd_train_status)
 
+    p = sub.add_parser("split", help="hold photos out of a training folder, for a report on photos no stage has seen")
+    p.add_argument("data", metavar="DATA", help="folder of clean photos")
+    p.add_argument("--out", required=True, metavar="DIR", help="gets train/ and heldout/ (links) and split.json")
+    p.add_argument("--heldout", required=True, type=int, metavar="N", help="photos to hold out")
+    p.add_argument("--seed", type=seed, default=0, help="which photos (default 0)")
+    p.set_defaults(func=cmd_split)
+
     p = sub.add_parser("all", help="run every stage into a work folder and write the bundle")
     p.add_argument("--data", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file (.safetensors)")
     p.add_argument("--work", required=True, metavar="DIR", help="work folder (stages with outputs there are skipped)")
     p.add_argument("--degradations", type=_csv)
-    p.add_argument("--preset", choices=("tiny", "small", "bundled", "default"))
+    p.add_argument("--preset", choices=("tiny", "small", "bundled", "v2", "default"))
     p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
     p.add_argument("--q", type=float)
     p.add_argument("--granularity", choices=("kernel", "filter"))

@@ -18,7 +18,9 @@ Failure handling:
   its declared frame count stops with a warning (``end: ended early``), never a crash;
 - a camera that stops delivering frames (unplugged) ends the stream cleanly with a message;
 - a network stream that drops is reopened with exponential backoff (``retries`` attempts, delays
-  ``backoff_s * 2**i`` capped at ``backoff_max_s``), then the stream ends cleanly with a message.
+  ``backoff_s * 2**i`` capped at ``backoff_max_s``), then the stream ends cleanly with a message;
+- while a file, camera or stream is opened, OpenCV's and FFmpeg's own log lines are silenced (a bad file
+  made FFmpeg print up to six lines before adsrt's one error); debug logging (``-v``) shows them.
 
 Frames are RGB uint8 ``HxWx3`` (OpenCV's BGR is converted here, at the edge). Sinks are
 :mod:`adsrt.io.sinks`; the loop between them is :func:`adsrt.runtime.loop.process`.
@@ -26,9 +28,13 @@ Frames are RGB uint8 ``HxWx3`` (OpenCV's BGR is converted here, at the edge). Si
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import numbers
 import os
 import re
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -39,8 +45,8 @@ from typing import Any, ClassVar, Protocol
 import cv2
 import numpy as np
 
-from adsrt.errors import ImageReadError, InputError, OutputError
-from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image
+from adsrt.errors import AdsrtError, ImageReadError, InputError, OutputError
+from adsrt.imageio import IMAGE_EXTENSIONS, MAX_PIXELS, check_pixels, list_images, read_image
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +65,6 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "http", "https")
 # Video containers adsrt writes, with the codec each gets by default (a video input's default output keeps its
 # container when it is one of these).
 DEFAULT_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
-
 
 
 class Capture(Protocol):
@@ -89,7 +94,40 @@ class SourceOptions:
     max_bad_reads: int = 25  # video files: consecutive failed reads that mean the file has ended
     camera_failures: int = 10  # cameras: consecutive failed reads that mean the camera is gone
     camera_retry_s: float = 0.05  # cameras: pause between failed reads
+    max_pixels: int = MAX_PIXELS  # pixel budget of an image or frame (--max-pixels; 0: none), before decoding
 
+    def __post_init__(self) -> None:
+        """InputError for a value with no sensible meaning (``retries=-1`` made a stream give up without
+        trying; a negative backoff crashed ``time.sleep``), naming the option of ``adsrt restore``."""
+        for name, value in (("width (--input-width)", self.width), ("height (--input-height)", self.height),
+                            ("max_frames (--input-frames)", self.max_frames)):
+            check_option(value is None or is_int(value) and value >= 1, name, value, "an integer >= 1", InputError)
+        check_option(self.rate is None or is_number(self.rate) and self.rate > 0, "rate (--input-rate)", self.rate,
+                     "a frame rate > 0", InputError)
+        check_option(is_int(self.retries) and self.retries >= 0, "retries (--input-retries)", self.retries,
+                     "an integer >= 0 (0: no reconnect attempts)", InputError)
+        for name, value in (("backoff_s (--input-backoff)", self.backoff_s), ("backoff_max_s", self.backoff_max_s),
+                            ("camera_retry_s", self.camera_retry_s)):
+            check_option(is_number(value) and value >= 0, name, value, "a number of seconds >= 0", InputError)
+        for name, value in (("max_bad_reads", self.max_bad_reads), ("camera_failures", self.camera_failures)):
+            check_option(is_int(value) and value >= 1, name, value, "an integer >= 1", InputError)
+        check_option(is_int(self.max_pixels) and self.max_pixels >= 0, "max_pixels (--max-pixels)", self.max_pixels,
+                     "an integer >= 0 (0: no limit)", InputError)
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """A finite real number (NaN and infinities are no frame rate or delay)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_option(ok: bool, name: str, value: object, need: str, error: type[AdsrtError]) -> None:
+    """``error`` saying what ``name`` must be, unless ``ok``."""
+    if not ok:
+        raise error(f"{name} must be {need}, got {value!r}")
 
 
 @dataclass
@@ -113,6 +151,52 @@ class SourceState:
     def warn(self, message: str) -> None:
         log.warning("%s", message)
         self.warnings.append(message)
+
+
+@contextlib.contextmanager
+def quiet_video_libraries() -> Iterator[None]:
+    """Silence OpenCV's and FFmpeg's logging for the block (opening a file, camera or stream): adsrt says
+    what went wrong in one line, and their lines before it ("moov atom not found", "EBML header parsing
+    failed", ...) only bury it. With debug logging on, nothing is silenced.
+
+    OpenCV's level is set and restored. FFmpeg's cannot be: OpenCV applies OPENCV_FFMPEG_LOGLEVEL once per
+    process, at its first FFmpeg call, and it cannot be changed later from Python (checked with OpenCV 5.0).
+    So file descriptor 2 points to /dev/null for the block: what any thread writes to stderr meanwhile is
+    lost too, which is why the blocks are only the opening calls."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        with _stderr_to_devnull():
+            yield
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C libraries write there directly), then back."""
+    if sys.stderr is not None:
+        sys.stderr.flush()  # what Python has buffered is ours: it goes out before the redirection
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a daemon): nothing to silence
+        saved = None
+    if saved is None:
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 2)
+        finally:
+            os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:
@@ -190,7 +274,7 @@ class ImageFileSource(_PathSource):
 
     def __init__(self, path: Path, options: SourceOptions | None = None) -> None:
         super().__init__(path, options)
-        self.image = read_image(path)  # fails now, with the file's name, before any output is opened
+        self.image = read_image(path, max_pixels=self.options.max_pixels)  # fails now, with the file's name, before any output is opened
         self.expected = 1
 
     def _frames(self) -> Iterator[Frame]:
@@ -213,7 +297,7 @@ class ImageFolderSource(_PathSource):
     def _frames(self) -> Iterator[Frame]:
         for index, path in enumerate(self.paths):
             try:
-                yield Frame(index, read_image(path), name=path.name)
+                yield Frame(index, read_image(path, max_pixels=self.options.max_pixels), name=path.name)
             except ImageReadError as exc:
                 self.state.warn(f"skipped unreadable image: {exc}")
                 yield Frame(index, None, name=path.name, error=str(exc))
@@ -231,9 +315,14 @@ class _CaptureSource(FrameSource):
         self._sleep = sleep or time.sleep
         self.cap: Capture | None = None
 
+    def _open_capture(self) -> Capture:
+        """A new capture from the opener (OpenCV and FFmpeg kept quiet: failures are ours to report)."""
+        with quiet_video_libraries():
+            return self._opener()
+
     def _open(self, failure: str) -> None:
         """Open the capture; InputError(``failure``) when OpenCV cannot."""
-        self.cap = self._opener()
+        self.cap = self._open_capture()
         if not self.cap.isOpened():
             self.cap.release()
             raise InputError(failure)
@@ -248,6 +337,13 @@ class _CaptureSource(FrameSource):
         assert self.cap is not None
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = fps if np.isfinite(fps) and 0.0 < fps < 1000.0 else None
+        # The declared frame size against the pixel budget, before the first frame is decoded.
+        width, height = (int(self.cap.get(prop) or 0) for prop in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            check_pixels(width, height, self.options.max_pixels, redact(self.uri))
+        except ImageReadError as exc:
+            self.close()
+            raise InputError(str(exc)) from exc
 
     def close(self) -> None:
         if self.cap is not None:
@@ -367,7 +463,7 @@ class NetworkSource(_CaptureSource):
         self._sleep(delay)
 
     def _try_open(self) -> bool:
-        cap = self._opener()
+        cap = self._open_capture()
         if cap.isOpened():
             self.cap = cap
             return True

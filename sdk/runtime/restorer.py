@@ -53,7 +53,13 @@ from adsrt.runtime.backends import (
     create_backend,
     smooth_coefficients,
 )
-from adsrt.runtime.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
+from adsrt.runtime.tiling import (
+    activation_bytes_per_pixel,
+    auto_tile,
+    plan_tiles,
+    tiled_restore,
+    window_mosaic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +85,9 @@ class RestorerConfig:
     scene_threshold: float = 0.1  # streams: thumbnail mean abs difference that restarts the smoothing
     tile: int | None = None  # tile size in pixels; None = whole frames unless memory_limit_mb needs tiles
     tile_overlap: int = 32
-    memory_limit_mb: float = 4096.0  # estimated activation memory per forward pass; 0 = no limit
+    # Estimated memory of one frame: its uint8 buffers plus the activations of a forward pass (frames over it
+    # are tiled; adsrt.runtime.tiling). 0 = no limit.
+    memory_limit_mb: float = 4096.0
     graph: str | None = None  # onnxruntime/tensorrt: an exported ONNX file or engine to run (else exported and cached)
     cache_dir: str | None = None  # onnxruntime/tensorrt: cache of exported graphs and engines
     cuda_graph: bool = False  # CUDA: capture classify -> update -> restore per frame size and replay it
@@ -100,8 +108,10 @@ class RestorerConfig:
             raise AdsrtError(f"scene_threshold must be > 0, got {self.scene_threshold}")
         if self.tile is not None and self.tile < 16:
             raise AdsrtError(f"tile must be at least 16 pixels, got {self.tile}")
-        if self.tile_overlap < 0 or self.memory_limit_mb < 0:
-            raise AdsrtError("tile_overlap and memory_limit_mb must be >= 0")
+        if not (isinstance(self.tile_overlap, int) and self.tile_overlap >= 0):
+            raise AdsrtError(f"tile_overlap must be an int >= 0, got {self.tile_overlap!r}")
+        if not (math.isfinite(self.memory_limit_mb) and self.memory_limit_mb >= 0):
+            raise AdsrtError(f"memory_limit_mb must be a finite number >= 0, got {self.memory_limit_mb!r}")
 
 
 @dataclass
@@ -285,9 +295,12 @@ class Restorer:
         """Class probabilities of one image: ``{degradation: p, ..., "clean": p}`` (they sum to 1)."""
         if not self.backend.has_classifier:
             raise AdsrtError("this bundle has no degradation classifier")
-        x = self._decode(image)
+        if not _is_frame(image):
+            raise InputError(f"expected an HxWx3 uint8 image, got {_what(image)}")
+        # Windows only (or a small resize): a large photo is never converted to floats whole.
         with torch.no_grad():
-            probs = torch.softmax(self.backend.classify(x) / self.temperature, dim=1)[0].cpu()
+            logits = self.backend.classify(self._classifier_input(image, None))
+            probs = torch.softmax(logits / self.temperature, dim=1)[0].cpu()
         if not bool(torch.isfinite(probs).all()):
             raise RestoreError("the classifier produced non-finite probabilities (broken bundle or backend?)")
         return dict(zip([*self.degradations, CLEAN], probs.tolist(), strict=True))
@@ -347,10 +360,20 @@ class Restorer:
             return tile if (h > tile or w > tile) else None
         return auto_tile(h, w, self._bytes_per_pixel, self.config.memory_limit_mb, self._multiple)
 
-    def _restore_tensor(self, x: Tensor, tile: int | None) -> Tensor:
-        if tile is None:
-            return self.backend.restore(x)
-        return tiled_forward(self.backend.restore, x, tile, self.config.tile_overlap, self._multiple)
+    def _classifier_input(self, image: np.ndarray, x: Tensor | None) -> Tensor:
+        """What the classifier sees: the decoded frame ``x`` when there is one, else (a tiled frame, never
+        decoded whole; :meth:`classify`) the mosaic of its windows, which gives the same logits
+        (:func:`adsrt.runtime.tiling.window_mosaic`)."""
+        if x is not None:
+            return x
+        dc = self.bundle.classifier
+        if dc.window > 0:
+            return self._decode(window_mosaic(image, dc.window, dc.grid))
+        if self._tile_for(*image.shape[:2]) is None:  # small enough to convert whole
+            return self._decode(image)
+        # A classifier without windows (bundles before them) resizes the whole frame to input_size, bilinear
+        # without antialias: OpenCV's INTER_LINEAR samples the same points, on the uint8 frame (to ~1e-4).
+        return self._decode(cv2.resize(image, (dc.input_size, dc.input_size), interpolation=cv2.INTER_LINEAR))
 
     def _graph(self, shape: tuple[int, ...], temporal: bool) -> CudaGraphFrame:
         key = (shape, temporal)
@@ -367,19 +390,21 @@ class Restorer:
         cfg = self.config
         forced = self._forced if forced is None else forced
         t0 = self._clock()
-        x = self._decode(image)
+        if not _is_frame(image):
+            raise InputError(f"expected an HxWx3 uint8 image, got {_what(image)}")
+        h, w = image.shape[:2]
+        tile = self._tile_for(h, w)
+        x = self._decode(image) if tile is None else None  # a tiled frame is converted tile by tile
         scene = temporal and self._scene_cut(image)
         if scene:
             self._state.zero_()
             log.debug("scene change: smoothing of c restarted")
-        h, w = x.shape[-2:]
-        tile = self._tile_for(h, w)
         timings = Timings()
         t1 = self._clock()
         timings.decode = (t1 - t0) * 1e3
         probs = None
         with torch.no_grad():
-            if cfg.cuda_graph and self.device.type == "cuda" and tile is None and forced is self._forced:
+            if cfg.cuda_graph and self.device.type == "cuda" and x is not None and forced is self._forced:
                 y, c, probs = self._graph(tuple(x.shape), temporal).run(x)
                 t3 = self._clock()
                 timings.restore = (t3 - t1) * 1e3  # one replay: classify, update and restore together
@@ -387,18 +412,26 @@ class Restorer:
                 if forced is not None:
                     c = forced
                 else:
-                    probs = torch.softmax(self.backend.classify(x) / self.temperature, dim=1)
+                    logits = self.backend.classify(self._classifier_input(image, x))
+                    probs = torch.softmax(logits / self.temperature, dim=1)
                     c = smooth_coefficients(probs, self._state if temporal else None, cfg.ema)
                 t2 = self._clock()
                 self.backend.update(c)
                 t3 = self._clock()
                 timings.classify, timings.update = (t2 - t1) * 1e3, (t3 - t2) * 1e3
-                y = self._restore_tensor(x, tile)
+                if x is not None:
+                    y = self.backend.restore(x)
+                else:  # restored and converted to uint8 strip by strip
+                    y, tiles_finite = tiled_restore(self.backend.restore, image, tile, cfg.tile_overlap,
+                                                    self._multiple, to_input=self._decode, to_output=self._encode)
                 t4 = self._clock()
                 timings.restore = (t4 - t3) * 1e3
                 t3 = t4
-            finite = torch.isfinite(y).all()
-            out = self._encode(y)  # downloads: the device work is done after this
+            if x is not None:
+                finite = torch.isfinite(y).all()
+                out = self._encode(y)  # downloads: the device work is done after this
+            else:
+                finite, out = tiles_finite, y
             c_host = c[0].float().cpu()
             probs_host = None if probs is None else probs[0].float().cpu()
         if not bool(torch.isfinite(c_host).all()):

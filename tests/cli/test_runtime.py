@@ -96,7 +96,6 @@ def test_restore_without_bundle_uses_the_shipped_default(tmp_path, noisy_file):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--bundle", "B", "--backend", "onnxruntime", "--graph", "missing.onnx"], "ONNX file not found: missing.onnx"),
     (["--bundle", "B", "--force", "haze"], "cannot force 'haze'"),
-    (["--bundle", "B", "--tile", "8"], "tile must be at least 16"),
 ])
 def test_bad_options_exit_1_and_write_nothing(tmp_path, trained_bundle, noisy_file, capsys, extra, message):
     extra = [str(trained_bundle) if e == "B" else e for e in extra]

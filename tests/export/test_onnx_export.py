@@ -25,6 +25,7 @@ from adsrt.errors import AdsrtError, OutputError
 from adsrt.export.onnx_export import OnnxExportConfig, export_onnx
 from adsrt.export.parity import check_parity
 from adsrt.export.tensorrt_ops import tensorrt_compatibility
+from adsrt.imageio import write_image
 from adsrt.runtime.onnx_graph import graph_metadata
 from adsrt.runtime.refit import gather_refit_weights, refit_name, swap_rows
 
@@ -308,3 +309,19 @@ def test_cli_export_errors(bundle, tmp_path, capsys):
 def test_parity_report_thresholds():
     assert _psnr(np.zeros(4), np.zeros(4), 1.0) == math.inf
     assert abs(_psnr(np.zeros(4), np.full(4, 0.1), 1.0) - 20.0) < 1e-9
+
+
+def test_cli_export_check_images_skip_unreadable_files(bundle, tmp_path, photo, capsys, caplog):
+    path = save_bundle(bundle, tmp_path / "b.safetensors")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "a_broken.png").write_bytes(b"junk")
+    write_image(images / "b.png", photo[:64, :64])
+    out = tmp_path / "c.onnx"
+    assert main(["-q", "export", str(path), "--mode", "classifier", "-o", str(out), "--check-images", str(images),
+                 "--check-count", "1"]) == 0
+    assert out.is_file() and "a_broken.png" in caplog.text
+    (images / "b.png").unlink()
+    assert main(["-q", "export", str(path), "--mode", "classifier", "-o", str(tmp_path / "d.onnx"), "--check-images",
+                 str(images)]) == 1
+    assert "none of its 1 images could be read" in capsys.readouterr().err and not (tmp_path / "d.onnx").exists()

@@ -1,5 +1,6 @@
 """Tiling: plans cover the frame, blending is a partition of unity (exact for local functions), and the
-trained NAFNet tiled stays within 40+ dB of the untiled result; a memory cap turns tiling on by itself."""
+trained NAFNet tiled stays within 40+ dB of the untiled result; a memory cap (frame buffers included) turns
+tiling on by itself; the classifier's window mosaic gives the frame's own logits."""
 
 from __future__ import annotations
 
@@ -10,9 +11,24 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 import adsrt
-from adsrt.arch import BACKBONES
+from adsrt.arch import BACKBONES, ClassifierConfig, build_classifier
 from adsrt.errors import AdsrtError
-from adsrt.runtime.tiling import activation_bytes_per_pixel, auto_tile, plan_tiles, tiled_forward
+from adsrt.runtime.tiling import (
+    FRAME_BYTES_PER_PIXEL,
+    activation_bytes_per_pixel,
+    auto_tile,
+    plan_tiles,
+    tiled_restore,
+    window_mosaic,
+)
+
+
+def _to_input(crop: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _to_output(y: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray((y[0].permute(1, 2, 0) * 255.0).clamp(0, 255).round().to(torch.uint8).numpy())
 
 
 @pytest.mark.parametrize(("h", "w", "tile", "overlap", "multiple"), [
@@ -32,14 +48,43 @@ def test_plans_cover_the_frame_with_aligned_tiles(h, w, tile, overlap, multiple)
         assert all(b - a <= size - overlap for a, b in zip(starts, starts[1:], strict=False))  # neighbours overlap
 
 
-def test_blending_is_exact_for_pixelwise_functions():
-    x = torch.rand(2, 3, 90, 130, generator=torch.Generator().manual_seed(0))
+@pytest.mark.parametrize(("h", "w", "tile", "overlap"), [(90, 130, 48, 12), (64, 64, 32, 0), (200, 37, 48, 20),
+                                                    (33, 300, 64, 16)])
+def test_blending_is_exact_for_pixelwise_functions(h, w, tile, overlap):
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
     def fn(t):
-        return 2.0 * t + 1.0
+        return 0.5 * t + 0.25
 
-    torch.testing.assert_close(tiled_forward(fn, x, 48, 12, 16), fn(x), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(tiled_forward(lambda t: t, x, 32, 0, 16), x, rtol=0, atol=0)
+    out, finite = tiled_restore(fn, image, tile, overlap, 16, to_input=_to_input, to_output=_to_output)
+    assert out.shape == image.shape and out.dtype == np.uint8 and bool(finite)
+    np.testing.assert_array_equal(out, _to_output(fn(_to_input(image))))
+    ident, _ = tiled_restore(lambda t: t, image, tile, overlap, 16, to_input=_to_input, to_output=_to_output)
+    np.testing.assert_array_equal(ident, image)
+
+
+def test_a_non_finite_tile_is_reported():
+    image = np.zeros((64, 96, 3), dtype=np.uint8)
+    calls = []
+
+    def fn(t):
+        calls.append(1)
+        return t * float("nan") if len(calls) == 3 else t
+
+    _, finite = tiled_restore(fn, image, 32, 8, 16, to_input=_to_input, to_output=_to_output)
+    assert not bool(finite)
+
+
+@pytest.mark.parametrize(("h", "w", "window", "grid"), [(321, 481, 96, 3), (481, 100, 96, 3), (50, 700, 64, 4),
+                                                        (300, 300, 96, 1), (97, 1000, 96, 2)])
+def test_the_window_mosaic_gives_the_frames_logits(h, w, window, grid):
+    torch.manual_seed(0)
+    dc = build_classifier(ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=window, grid=grid))
+    image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mosaic = window_mosaic(image, window, grid)
+    assert mosaic.shape[0] <= grid * window and mosaic.shape[1] <= grid * window
+    with torch.no_grad():
+        torch.testing.assert_close(dc(_to_input(mosaic)), dc(_to_input(image)), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_tile_settings_are_refused():
@@ -67,7 +112,8 @@ def test_a_memory_limit_tiles_large_frames_automatically(trained_bundle, noisy):
 
     big = noisy(cv2.resize(data.astronaut(), (256, 192), interpolation=cv2.INTER_AREA))
     bpp = activation_bytes_per_pixel(BACKBONES["nafnet-tiny"])
-    limit_mb = 128 * 128 * bpp / 2**20  # room for a 128 x 128 tile
+    # Room for the frame's uint8 buffers, a 128 px tile and its accumulator strip (36 bytes per strip pixel).
+    limit_mb = (FRAME_BYTES_PER_PIXEL * 192 * 256 + 128 * 128 * bpp + 36 * 128 * 256) / 2**20
     assert auto_tile(192, 256, bpp, limit_mb, 16) == 128
     assert auto_tile(100, 100, bpp, limit_mb, 16) is None and auto_tile(10**4, 10**4, bpp, 0, 16) is None
     capped = adsrt.load(trained_bundle, device="cpu", memory_limit_mb=limit_mb)
@@ -75,5 +121,14 @@ def test_a_memory_limit_tiles_large_frames_automatically(trained_bundle, noisy):
     assert capped.last.tiles == plan_tiles(192, 256, 128, 32, 16).n_tiles == 6
     whole = adsrt.load(trained_bundle, device="cpu", memory_limit_mb=0).restore(big)
     assert peak_signal_noise_ratio(whole, out, data_range=255) > 40.0
+    # The classifier saw the same windows either way.
+    assert capped.last.probabilities == pytest.approx(adsrt.load(trained_bundle, device="cpu").classify(big), abs=1e-5)
     with pytest.raises(AdsrtError, match="too small to restore"):
-        auto_tile(4000, 4000, bpp, 0.01, 16)
+        auto_tile(4000, 4000, bpp, 140, 16)
+
+
+def test_a_limit_below_the_frame_buffers_is_refused_with_the_need():
+    bpp = activation_bytes_per_pixel(BACKBONES["nafnet-tiny"])
+    with pytest.raises(AdsrtError, match=r"needs 1236 MB for its uint8 input and output alone"):
+        auto_tile(12000, 12000, bpp, 512, 16)
+    assert auto_tile(12000, 12000, bpp, 2048, 16) >= 256

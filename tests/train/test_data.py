@@ -114,3 +114,37 @@ def test_paired_errors(tmp_path, photo):
         find_pairs(deg, clean)
     with pytest.raises(DataError, match="does not exist"):
         find_pairs(tmp_path / "nope", clean)
+
+
+def test_split_holdout_links_a_fixed_split_and_refuses_another(photo_folder, tmp_path, capsys):
+    from adsrt.cli import main
+    from adsrt.train.data import split_holdout
+    from adsrt.train.pipeline import PRESETS
+
+    src = photo_folder(40, 32)
+    out = tmp_path / "split"
+    record = split_holdout(src, out, 1, seed=3)
+    names = sorted(p.name for p in src.iterdir())
+    assert sorted(record["train"] + record["heldout"]) == names and len(record["heldout"]) == 1
+    assert sorted(p.name for p in (out / "heldout").iterdir()) == record["heldout"]
+    assert sorted(p.name for p in (out / "train").iterdir()) == record["train"]
+    linked = out / "train" / record["train"][0]
+    assert linked.is_symlink() and linked.read_bytes() == (src / record["train"][0]).read_bytes()
+    assert split_holdout(src, out, 1, seed=3) == record  # the same split again: nothing changes
+    assert split_holdout(src, tmp_path / "again", 1, seed=3)["heldout"] == record["heldout"]  # names + seed decide
+    with pytest.raises(DataError, match="holds another split"):
+        split_holdout(src, out, 2, seed=3)
+    with pytest.raises(DataError, match="choose 1 to 3"):
+        split_holdout(src, tmp_path / "x", 4)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f.txt").write_text("x")
+    with pytest.raises(DataError, match="not empty"):
+        split_holdout(src, tmp_path / "full", 1)
+    assert not list(tmp_path.glob(".*partial"))
+    assert main(["train", "split", str(src), "--out", str(tmp_path / "cli"), "--heldout", "2"]) == 0
+    assert "2 photos for training" in capsys.readouterr().out
+    # Every preset can be named on the command line.
+    with pytest.raises(SystemExit):
+        main(["train", "all", "--preset", "nope", "--data", "d", "--out", "o", "--work", "w"])
+    assert "tiny, small, bundled, v2, default" in capsys.readouterr().err.replace("'", "")
+    assert list(PRESETS) == ["tiny", "small", "bundled", "v2", "default"]

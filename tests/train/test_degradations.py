@@ -221,7 +221,13 @@ def test_uint8_and_float_agree(small: np.ndarray) -> None:
 
 
 def test_uint8_round_trip_is_exact(small: np.ndarray) -> None:
-    np.testing.assert_array_equal(degrade(small, "noise:0", 0), small)
+    np.testing.assert_array_equal(degrade(small, [], 0), small)
+
+
+def test_noise_level_zero_is_refused_as_documented() -> None:
+    with pytest.raises(DegradationError, match=r"outside \(0, 100\]"):
+        parse_specs("noise:0")
+    assert parse_specs("noise:0.5")[0].level == 0.5
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from adsrt.ads import apply_ads
 from adsrt.bundle import load_bundle, save_bundle
 from adsrt.cli import main
+from adsrt.errors import AdsrtError
 from adsrt.train.data import to_tensor
 from adsrt.train.degradations import degrade, keyed_rng
 from adsrt.train.evaluate import EvalConfig, evaluate, evaluate_cases, synthetic_cases
@@ -178,3 +179,18 @@ def test_eval_requires_exactly_one_data_source(make_bundle, photos, tmp_path, ca
     with pytest.raises(SystemExit):
         main(["eval", str(path), "--clean", str(photos), "--pairs", str(photos), str(photos)])
     capsys.readouterr()
+
+
+def test_unreadable_photos_are_skipped_and_counted(make_bundle, photos, tmp_path, caplog):
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(photos, folder)
+    (folder / "0_broken.png").write_bytes(b"not an image")
+    cases = synthetic_cases(folder, ("noise:10",))
+    assert sorted({c.name for c in cases}) == sorted(p.name for p in Path(photos).iterdir() if p.suffix == ".png")
+    assert "skipped unreadable image" in caplog.text and "0_broken.png" in caplog.text
+    (folder / "only").mkdir()
+    (folder / "only" / "bad.png").write_bytes(b"junk")
+    with pytest.raises(AdsrtError, match="none of its 1 images could be read"):
+        synthetic_cases(folder / "only", ("noise:10",))
