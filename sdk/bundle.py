@@ -21,6 +21,10 @@ header is bounded (the ``MAX_*`` constants of :mod:`adsrt.arch.nafnet`, :mod:`ad
 declared networks, so no header makes the loader allocate more than the file's own tensors or loop for
 long (``adsrt.bench.fuzz_bundle`` checks this on mutated files). Saving validates first and writes
 atomically, so a bundle on disk is never half written.
+
+Compatibility: the loader refuses header fields it does not know (a file it cannot fully check is not
+trusted), so any new header field, even an optional one, comes with a ``format_version`` bump; a field
+added inside a network config with a behaviour-preserving default needs none (``HeaderConfig.from_dict``).
 """
 
 from __future__ import annotations

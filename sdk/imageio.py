@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from adsrt.errors import ImageReadError, OutputError
-from adsrt.fileio import atomic_write_bytes
+from adsrt.fileio import atomic_write_with, stderr_to_devnull
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 # Default pixel budget of one image or frame: 16384 x 16384. A 12000 x 12000 photo fits; restoring it
 # holds about 9 bytes per pixel of uint8 frame buffers (adsrt.runtime.tiling), 2.4 GB at this cap.
 MAX_PIXELS = 2**28
+_PIL_LIMIT_LOCK = threading.Lock()
 # Float images a little outside [0, 1] (resampling overshoot) are clipped; further out is refused.
 _FLOAT_TOLERANCE = 0.02
 
@@ -43,11 +45,12 @@ def is_image_path(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly inside ``folder`` (not recursive), sorted by name."""
+    """Image files directly inside ``folder`` (not recursive), sorted by name. Hidden files are not images:
+    they include the temporary files of writes in progress (``.NAME.XXXX.part.png``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageReadError(f"{folder}: not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_path(p))
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_image_path(p))
 
 
 def to_rgb_uint8(image: np.ndarray, *, bgr: bool = False, source: str = "image") -> np.ndarray:
@@ -97,15 +100,18 @@ def header_size(path: str | os.PathLike) -> tuple[int, int] | None:
     the format (OpenCV may still decode it, and refuses images over 2**30 pixels itself)."""
     from PIL import Image, UnidentifiedImageError
 
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None  # our own budget decides (check_pixels); Pillow's bomb check would raise first
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return None
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+    # Our own budget decides (check_pixels): Pillow's decompression-bomb check, a process-wide setting, would
+    # refuse 179M+ pixels first. It is lifted only for this header read, under a lock for our own threads.
+    with _PIL_LIMIT_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path) as im:
+                return int(im.size[0]), int(im.size[1])
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            return None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -116,12 +122,18 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> np.n
         raise ImageReadError(f"{path}: no such file")
     size = header_size(path)
     if size is not None:
+        if 0 in size:  # refused here: OpenCV's decoders print their own warnings about it first
+            raise ImageReadError(f"{path}: its header declares a {size[0]} x {size[1]} image")
         check_pixels(*size, max_pixels, str(path))
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(f"{path}: empty file")
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if size is None:  # a header Pillow cannot parse: the C decoders print warnings before failing
+            with stderr_to_devnull():
+                image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        else:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # e.g. a header declaring more than OpenCV's 2**30 pixels
         raise ImageReadError(f"{path}: OpenCV refused to decode it: {exc.err or exc}") from exc
     if image is None:
@@ -140,24 +152,31 @@ def try_read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> 
         return None
 
 
-def encode_image(image: np.ndarray, suffix: str) -> memoryview:
-    """Encode an RGB uint8 HxWx3 array in the format named by ``suffix`` (e.g. '.png'). Returns a view of
-    OpenCV's buffer: a ``bytes`` copy would add up to 3 bytes per pixel at the peak of a large photo's write."""
-    if suffix.lower() not in IMAGE_EXTENSIONS:
-        raise OutputError(f"unsupported output extension {suffix!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise OutputError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix.lower() in (".jpg", ".jpeg") else []
-    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(image[:, :, ::-1]), params)
-    if not ok:
-        raise OutputError(f"OpenCV could not encode a {suffix} image")
-    return memoryview(buf)
-
-
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write an RGB uint8 HxWx3 image; the format follows the file extension. Atomic."""
+    """Write an RGB uint8 HxWx3 image; the format follows the file extension. Atomic.
+
+    OpenCV encodes straight into a temporary file beside the target (renamed when complete): encoding in
+    memory first held the encoded bytes in a buffer that grows by doubling, up to 6 bytes per pixel more at
+    the peak of a large photo's write (a noisy 64-megapixel PNG is 150 MB)."""
     path = Path(path)
-    atomic_write_bytes(path, encode_image(image, path.suffix))
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise OutputError(f"unsupported output extension {path.suffix!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        what = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise OutputError(f"expected an RGB uint8 HxWx3 image, got {what}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in (".jpg", ".jpeg") else []
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+    def encode(tmp: Path) -> None:
+        try:
+            ok = cv2.imwrite(str(tmp), bgr, params)
+        except cv2.error as exc:
+            raise OutputError(f"{path}: OpenCV could not encode it: {exc.err or exc}") from exc
+        if not ok:
+            raise OutputError(f"OpenCV could not encode a {suffix} image")
+
+    atomic_write_with(path, encode, suffix=f".part{suffix}")
 
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")

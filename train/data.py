@@ -79,9 +79,12 @@ def split_holdout(data: str | os.PathLike, out: str | os.PathLike, heldout: int,
         raise DataError(f"--heldout {heldout}: choose 1 to {len(paths) - 1} of the {len(paths)} photos of {data}")
     order = np.random.default_rng(seed).permutation(len(paths))
     held = sorted(paths[i].name for i in order[:heldout])
+    held_set = set(held)
     record = {"source": str(Path(data).resolve()), "seed": seed, "heldout": held,
-              "train": sorted(p.name for p in paths if p.name not in set(held))}
+              "train": sorted(p.name for p in paths if p.name not in held_set)}
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
     manifest = out / "split.json"
     if manifest.is_file():
         try:

@@ -107,7 +107,7 @@ PRESETS: dict[str, Preset] = {
     # 64 px, L1, lr 2e-3 with 200 warm-up steps, compiled) trained 10x v1's UM samples (60k steps of 16,
     # about 4 h of one CPU core), targets 4x, refinement 3x. Train it on a split that holds photos out
     # (`adsrt train split`), so the quality report has clean photos no stage has seen.
-    "v2": Preset(
+    "bundled-v2": Preset(
         backbone="nafnet-small", crop_size=64, batch_size=16, um_steps=60000, um_lr=0.002, um_warmup=200,
         target_steps=4000, target_lr=0.0002, val_every=2000, val_samples=64, ckpt_every=1000,
         samples_per_epoch=2048, path_steps=20, faig_images=16, refine_steps=1000, dc_steps=8000,

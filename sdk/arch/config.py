@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from adsrt.errors import ConfigError
 
 __all__ = ["MAX_PARAMS", "HeaderConfig", "check_int", "check_int_tuple", "check_params", "is_finite_number",
-           "short_repr"]
+           "is_int", "short_repr"]
 
 # Parameters of one network (UM or classifier) a config may declare. The largest published NAFNet
 # (width 64, 36 blocks, SIDD) has about 116M; adsrt's edge models have well under 1M.
@@ -38,6 +38,11 @@ def short_repr(value: Any) -> str:
     from untrusted files, which may be megabytes long or nested a thousand deep (plain ``repr`` would
     then fill the terminal or raise RecursionError)."""
     return _REPR.repr(value)
+
+
+def is_int(value: Any) -> bool:
+    """An int and not a bool (JSON ``true`` and Python's ``True`` are no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def is_finite_number(value: Any) -> bool:

@@ -33,6 +33,7 @@ log = logging.getLogger("adsrt")
 def cmd_degrade(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from adsrt.fileio import resolved
     from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image, try_read_image, write_image
     from adsrt.train.degradations import degrade, keyed_rng, parse_specs
 
@@ -47,7 +48,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         suffix = args.ext if args.ext.startswith(".") else f".{args.ext}"
         if suffix.lower() not in IMAGE_EXTENSIONS:
             raise OutputError(f"unsupported --ext {args.ext!r}")
-        if dst.resolve() == src.resolve():
+        if resolved(dst) == resolved(src):
             raise OutputError(f"{dst}: the output folder is the input folder; choose another")
         written = skipped = 0
         for path in tqdm(paths, desc=f"degrade {args.kind}", unit="img", disable=args.quiet):
@@ -63,7 +64,7 @@ def cmd_degrade(args: argparse.Namespace) -> int:
         note = f", {skipped} unreadable skipped" if skipped else ""
         print(f"{written} images degraded with {args.kind}{note} -> {dst}")
     else:
-        if dst.resolve() == src.resolve():
+        if resolved(dst) == resolved(src):
             raise OutputError(f"{dst}: the output is the input image; choose another name")
         image = read_image(src, max_pixels=args.max_pixels)
         write_image(dst, degrade(image, specs, keyed_rng(args.seed, src.name)))
@@ -85,10 +86,12 @@ def _metric_pairs(restored: Path, reference: Path) -> list[tuple[str, Path, Path
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    from adsrt.fileio import write_json
+    from adsrt.fileio import check_not_overwriting, write_json
     from adsrt.imageio import read_image
     from adsrt.metrics import score_pair
 
+    if args.json:
+        check_not_overwriting(args.json, {"RESTORED": args.restored, "REFERENCE": args.reference})
     files = []
     for name, restored_path, reference_path in _metric_pairs(Path(args.restored), Path(args.reference)):
         restored = read_image(restored_path, max_pixels=args.max_pixels)
@@ -215,13 +218,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
-        return args.func(args)
+        code = args.func(args)
     except AdsrtError as exc:
         print(f"adsrt {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"adsrt {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+    if code == 130 and argv is None:
+        _ignore_signals_until_exit()
+    return code
+
+
+def _ignore_signals_until_exit() -> None:
+    """The ``adsrt`` process was interrupted and has only to exit 130; the interpreter's shutdown after that
+    (threads, torch's finalizers) takes long enough for another Ctrl-C to land there, print a traceback or
+    kill the process by the signal. So SIGINT and SIGTERM stay ignored from here on. Only for the command
+    itself (``argv`` None): a program calling ``main([...])`` in-process keeps its handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import contextlib
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -50,20 +49,23 @@ def _source_options(args: argparse.Namespace):
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from adsrt.fileio import check_writable_folder, write_json
+    from adsrt.fileio import check_not_overwriting, check_writable_folder, write_json
     from adsrt.io.sinks import SinkOptions, open_sink
     from adsrt.io.sources import open_source
     from adsrt.runtime.loop import handle_interrupts, process
 
-    if args.stats:
-        stats = Path(args.stats)
-        check_writable_folder(stats.parent, stats)
     source = open_source(args.input, _source_options(args))  # bad input fails before the model loads
     try:
-        restorer = _restorer(args)
+        # The output next, also before the model: a bad OUTPUT is one line, without the restorer's log.
         sink = open_sink(args.output, source, SinkOptions(codec=args.output_codec, rate=args.output_rate,
                                                           ext=args.output_ext, suffix=args.output_suffix,
                                                           overwrite=args.overwrite))
+        if args.stats:
+            stats = Path(args.stats)
+            check_not_overwriting(stats, {"input": getattr(source, "path", None), "output": sink.path,
+                                          "bundle": args.bundle if Path(args.bundle).exists() else None})
+            check_writable_folder(stats.parent, stats)
+        restorer = _restorer(args)
     except BaseException:
         source.close()
         raise
@@ -77,7 +79,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         if args.stats:
             write_json(args.stats, _stats(report, restorer))
         if report.interrupted:
-            _ignore_signals_until_exit()
             kept = "kept the playable part" if report.kept_partial else "nothing playable was kept"
             # the sink's count: the frames in the file, whatever the report's bookkeeping
             print(f"adsrt restore: interrupted after {sink.written} frames; {kept} ({sink.path})", file=sys.stderr)
@@ -99,18 +100,8 @@ def _sigterm_as_interrupt(interrupts):
     try:
         yield
     finally:
-        if signal.getsignal(signal.SIGTERM) is interrupts:  # not replaced meanwhile (_ignore_signals_until_exit)
+        if signal.getsignal(signal.SIGTERM) is interrupts:  # not replaced meanwhile
             signal.signal(signal.SIGTERM, previous)
-
-
-def _ignore_signals_until_exit() -> None:
-    """An interrupted run has only to report and exit 130; the interpreter's shutdown after that (threads,
-    torch's finalizers) takes long enough for another Ctrl-C to land there, print a traceback or kill the
-    process by the signal. So SIGINT and SIGTERM stay ignored from here on (also for a program that calls
-    ``main`` in-process: it asked to stop)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stats(report, restorer) -> dict[str, Any]:
@@ -151,6 +142,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
             items.append({"name": name, "index": frame.index, "probabilities": probs, "top": max(probs, key=probs.get)})
     finally:
         source.close()
+    if items and all("error" in item for item in items):
+        from adsrt.errors import InputError
+
+        raise InputError(f"{args.input}: no frame could be read ({len(items)} skipped)")
     if args.json:
         print(json.dumps({"input": source.uri, "bundle": restorer.source, "classes": classes, "items": items},
                          indent=2, allow_nan=False))
@@ -218,14 +213,14 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="torch and tensorrt: fp16/bf16 on CUDA only; onnxruntime: fp32 or fp16 graphs, on the CPU too")
     p.add_argument("--tile", type=int_in(16), metavar="N", help="restore in N x N tiles (overlapping, blended)")
-    p.add_argument("--tile-overlap", type=nonnegative_int, metavar="N", help="tile overlap in pixels (default 32)")
+    p.add_argument("--tile-overlap", type=int_in(0, 4096), metavar="N", help="tile overlap in pixels (default 32)")
     p.add_argument("--memory-limit", dest="memory_limit_mb", type=finite_float(0), metavar="MB",
                    help="tile frames whose estimated memory (uint8 frame buffers + activations) exceeds MB "
                         "(default 4096; 0 = never)")
     p.add_argument("--force", metavar="DEGRADATION",
                    help="skip the classifier: apply this degradation's delta fully ('clean': the UM alone)")
     p.add_argument("--ema", type=finite_float(0, 1, hi_open=True), help="video: weight of the previous frame's c (default 0.8; 0 = none)")
-    p.add_argument("--temperature", type=finite_float(0, lo_open=True), help="classifier softmax temperature (default: the bundle's calibrated one)")
+    p.add_argument("--temperature", type=finite_float(1e-3, 1e3), help="classifier softmax temperature (default: the bundle's calibrated one)")
     p.add_argument("--scene-threshold", type=finite_float(0, lo_open=True),
                    help="video: thumbnail difference that restarts the smoothing of c (default 0.1)")
     p.add_argument("--cuda-graph", action="store_true", default=None,
@@ -247,7 +242,7 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="degradation probabilities of an image, folder, video or stream")
     p.add_argument("input", metavar="INPUT")
     _add_model_options(p)
-    p.add_argument("--temperature", type=finite_float(0, lo_open=True), help="softmax temperature (default: the bundle's calibrated one)")
+    p.add_argument("--temperature", type=finite_float(1e-3, 1e3), help="softmax temperature (default: the bundle's calibrated one)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_input_options(p)
     p.set_defaults(func=cmd_classify)

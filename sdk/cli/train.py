@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-from adsrt.cli.argtypes import seed
+from adsrt.cli.argtypes import positive_int, seed
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -22,9 +23,10 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def _options(p: argparse.ArgumentParser, kind: type, *flags: str) -> None:
-    """Options that take one value of ``kind`` and need no help text beyond the stage's config docs."""
+    """Options that take one value of ``kind`` and need no help text beyond the stage's config docs
+    (``--seed`` is always a seed: >= 0)."""
     for flag in flags:
-        p.add_argument(flag, type=kind)
+        p.add_argument(flag, type=seed if flag == "--seed" else kind)
 
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
@@ -54,7 +56,7 @@ _TRAINER_OPTIONS = (
     ("--workers", dict(type=int, help="data loader workers per process (0: in the training process)")),
     ("--threads", dict(type=int, help="torch threads per process (default: its share of the cores)")),
     ("--snapshot-every", dict(type=int, help="keep the EMA weights every N steps under OUT/snapshots/")),
-    ("--seed", dict(type=int)),
+    ("--seed", dict(type=seed)),
 )
 
 
@@ -189,9 +191,11 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from adsrt.fileio import write_json
+    from adsrt.fileio import check_not_overwriting, write_json
     from adsrt.train.evaluate import EvalConfig, evaluate, format_report
 
+    if args.json:  # checked before the evaluation's minutes, not after
+        check_not_overwriting(args.json, {"bundle": args.bundle if Path(args.bundle).exists() else None})
     kw = _given(args, ("degradations", "seed", "label", "targets", "max_images", "device"))
     report = evaluate(EvalConfig(bundle=args.bundle, clean=args.clean, pairs=tuple(args.pairs) if args.pairs else None,
                                  protocol=args.protocol, progress=not args.quiet, **kw))
@@ -331,7 +335,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("split", help="hold photos out of a training folder, for a report on photos no stage has seen")
     p.add_argument("data", metavar="DATA", help="folder of clean photos")
     p.add_argument("--out", required=True, metavar="DIR", help="gets train/ and heldout/ (links) and split.json")
-    p.add_argument("--heldout", required=True, type=int, metavar="N", help="photos to hold out")
+    p.add_argument("--heldout", required=True, type=positive_int, metavar="N", help="photos to hold out")
     p.add_argument("--seed", type=seed, default=0, help="which photos (default 0)")
     p.set_defaults(func=cmd_split)
 
@@ -340,7 +344,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file (.safetensors)")
     p.add_argument("--work", required=True, metavar="DIR", help="work folder (stages with outputs there are skipped)")
     p.add_argument("--degradations", type=_csv)
-    p.add_argument("--preset", choices=("tiny", "small", "bundled", "v2", "default"))
+    p.add_argument("--preset", choices=("tiny", "small", "bundled", "bundled-v2", "default"))
     p.add_argument("--selector", choices=("faig", "random", "encoder", "absdiff"))
     p.add_argument("--q", type=float)
     p.add_argument("--granularity", choices=("kernel", "filter"))

@@ -35,8 +35,9 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from adsrt.arch.config import is_finite_number
 from adsrt.errors import OutputError
-from adsrt.fileio import check_writable_folder
+from adsrt.fileio import check_writable_folder, resolved
 from adsrt.imageio import IMAGE_EXTENSIONS, write_image
 from adsrt.io.sources import (
     DEFAULT_CODECS,
@@ -45,7 +46,6 @@ from adsrt.io.sources import (
     FrameSource,
     ImageFileSource,
     check_option,
-    is_number,
     local_path,
     quiet_video_libraries,
     redact,
@@ -71,7 +71,7 @@ class SinkOptions:
     def __post_init__(self) -> None:
         """OutputError for a value with no sensible meaning (``rate=0`` silently meant "the input's rate"),
         naming the option of ``adsrt restore``."""
-        check_option(self.rate is None or is_number(self.rate) and self.rate > 0, "rate (--output-rate)", self.rate,
+        check_option(self.rate is None or is_finite_number(self.rate) and self.rate > 0, "rate (--output-rate)", self.rate,
                      "a frame rate > 0", OutputError)
         if self.codec is not None:
             check_codec(self.codec)
@@ -85,7 +85,7 @@ def check_codec(codec: object) -> None:
 def _input_path(source: FrameSource) -> Path | None:
     """The local file or folder a source reads, resolved; None for cameras and streams."""
     path = getattr(source, "path", None)
-    return Path(path).resolve() if path is not None else None
+    return resolved(path) if path is not None else None
 
 
 def check_not_the_input(output: Path, source: FrameSource, overwrite: bool) -> None:
@@ -95,7 +95,7 @@ def check_not_the_input(output: Path, source: FrameSource, overwrite: bool) -> N
     read = _input_path(source)
     if read is None or overwrite:
         return
-    out = output.resolve()
+    out = resolved(output)
     same = out == read or (out.exists() and read.exists() and os.path.samefile(out, read))
     inside = read.is_dir() and (out == read or read in out.parents)
     if same or inside:
@@ -151,13 +151,18 @@ class ImageFolderSink(FrameSink):
             raise OutputError(f"unsupported image format {ext!r} for folder output (use {', '.join(IMAGE_EXTENSIONS)})")
         if folder.exists() and not folder.is_dir():
             raise OutputError(f"{folder}: exists and is not a folder")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{folder}: cannot create the output folder ({exc.strerror})") from exc
-        check_writable_folder(folder, folder / f"x{self.ext}")
+        # Created with the first restored frame, so a run that restores nothing leaves no empty folder.
+        parent = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if parent is None or not parent.is_dir():
+            raise OutputError(f"{folder}: cannot create the output folder (no existing folder above it)")
+        check_writable_folder(parent, folder / f"x{self.ext}")
 
     def write(self, frame: Frame, image: np.ndarray) -> None:
+        if not self.written:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create the output folder ({exc.strerror})") from exc
         stem = Path(frame.name).stem if frame.name else f"{frame.index:06d}"
         write_image(self.path / f"{stem}{self.ext}", image)  # atomic, per file
         self.written += 1

@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import numbers
 import os
 import re
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -45,7 +42,9 @@ from typing import Any, ClassVar, Protocol
 import cv2
 import numpy as np
 
+from adsrt.arch.config import is_finite_number, is_int
 from adsrt.errors import AdsrtError, ImageReadError, InputError, OutputError
+from adsrt.fileio import stderr_to_devnull
 from adsrt.imageio import IMAGE_EXTENSIONS, MAX_PIXELS, check_pixels, list_images, read_image
 
 log = logging.getLogger(__name__)
@@ -102,26 +101,17 @@ class SourceOptions:
         for name, value in (("width (--input-width)", self.width), ("height (--input-height)", self.height),
                             ("max_frames (--input-frames)", self.max_frames)):
             check_option(value is None or is_int(value) and value >= 1, name, value, "an integer >= 1", InputError)
-        check_option(self.rate is None or is_number(self.rate) and self.rate > 0, "rate (--input-rate)", self.rate,
+        check_option(self.rate is None or is_finite_number(self.rate) and self.rate > 0, "rate (--input-rate)", self.rate,
                      "a frame rate > 0", InputError)
         check_option(is_int(self.retries) and self.retries >= 0, "retries (--input-retries)", self.retries,
                      "an integer >= 0 (0: no reconnect attempts)", InputError)
         for name, value in (("backoff_s (--input-backoff)", self.backoff_s), ("backoff_max_s", self.backoff_max_s),
                             ("camera_retry_s", self.camera_retry_s)):
-            check_option(is_number(value) and value >= 0, name, value, "a number of seconds >= 0", InputError)
+            check_option(is_finite_number(value) and value >= 0, name, value, "a number of seconds >= 0", InputError)
         for name, value in (("max_bad_reads", self.max_bad_reads), ("camera_failures", self.camera_failures)):
             check_option(is_int(value) and value >= 1, name, value, "an integer >= 1", InputError)
         check_option(is_int(self.max_pixels) and self.max_pixels >= 0, "max_pixels (--max-pixels)", self.max_pixels,
                      "an integer >= 0 (0: no limit)", InputError)
-
-
-def is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def is_number(value: object) -> bool:
-    """A finite real number (NaN and infinities are no frame rate or delay)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_option(ok: bool, name: str, value: object, need: str, error: type[AdsrtError]) -> None:
@@ -169,34 +159,10 @@ def quiet_video_libraries() -> Iterator[None]:
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        with _stderr_to_devnull():
+        with stderr_to_devnull():
             yield
     finally:
         cv2.utils.logging.setLogLevel(level)
-
-
-@contextlib.contextmanager
-def _stderr_to_devnull() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block (C libraries write there directly), then back."""
-    if sys.stderr is not None:
-        sys.stderr.flush()  # what Python has buffered is ours: it goes out before the redirection
-    try:
-        saved = os.dup(2)
-    except OSError:  # no stderr at all (a daemon): nothing to silence
-        saved = None
-    if saved is None:
-        yield
-        return
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(null, 2)
-        finally:
-            os.close(null)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _bgr_to_rgb(image: np.ndarray) -> np.ndarray:

@@ -164,20 +164,23 @@ def _run(source, sink, restorer, interrupts: Interrupts, *, side_by_side: bool, 
             if frame is None:
                 break
             read_ms = (time.perf_counter() - t0) * 1e3
-            report.frames_in += 1
-            in_flight = True
+            with interrupts.held():  # a counter and its flag change together (frames_in = out + skipped)
+                report.frames_in += 1
+                in_flight = True
             bar.update(1)
             if frame.image is None:
-                report.skipped += 1
-                in_flight = False
+                with interrupts.held():
+                    report.skipped += 1
+                    in_flight = False
                 continue
             image = frame.image
             if sink.fixed_size:
                 if size is None:
                     size = image.shape[:2]
                 elif image.shape[:2] != size:
-                    report.skipped += 1
-                    in_flight = False
+                    with interrupts.held():
+                        report.skipped += 1
+                        in_flight = False
                     source.state.warn(f"frame {frame.index}: size {image.shape[1]}x{image.shape[0]} differs from "
                                       f"the first frame's {size[1]}x{size[0]}; skipped")
                     continue

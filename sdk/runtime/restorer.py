@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from adsrt.arch.classifier import MAX_TEMPERATURE, MIN_TEMPERATURE
 from adsrt.bundle import Bundle, load_bundle
 from adsrt.errors import AdsrtError, BundleError, InputError, RestoreError
 from adsrt.runtime.backends import (
@@ -57,6 +58,7 @@ from adsrt.runtime.tiling import (
     activation_bytes_per_pixel,
     auto_tile,
     plan_tiles,
+    release_freed_memory,
     tiled_restore,
     window_mosaic,
 )
@@ -100,8 +102,9 @@ class RestorerConfig:
             raise AdsrtError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.channel_order not in ("RGB", "BGR"):
             raise AdsrtError(f"channel_order must be RGB or BGR, got {self.channel_order!r}")
-        if self.temperature is not None and not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise AdsrtError(f"temperature must be > 0, got {self.temperature}")
+        if self.temperature is not None and not (math.isfinite(self.temperature)
+                                                 and MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE):
+            raise AdsrtError(f"temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if not 0.0 <= self.ema < 1.0:
             raise AdsrtError(f"ema must be in [0, 1), got {self.ema}")
         if not self.scene_threshold > 0:
@@ -110,6 +113,8 @@ class RestorerConfig:
             raise AdsrtError(f"tile must be at least 16 pixels, got {self.tile}")
         if not (isinstance(self.tile_overlap, int) and self.tile_overlap >= 0):
             raise AdsrtError(f"tile_overlap must be an int >= 0, got {self.tile_overlap!r}")
+        if self.tile is not None and 2 * self.tile_overlap >= self.tile:  # before the first frame, not at it
+            raise AdsrtError(f"tile overlap {self.tile_overlap} must be less than half the tile size {self.tile}")
         if not (math.isfinite(self.memory_limit_mb) and self.memory_limit_mb >= 0):
             raise AdsrtError(f"memory_limit_mb must be a finite number >= 0, got {self.memory_limit_mb!r}")
 
@@ -358,7 +363,8 @@ class Restorer:
         tile = self.config.tile
         if tile is not None:
             return tile if (h > tile or w > tile) else None
-        return auto_tile(h, w, self._bytes_per_pixel, self.config.memory_limit_mb, self._multiple)
+        return auto_tile(h, w, self._bytes_per_pixel, self.config.memory_limit_mb, self._multiple,
+                         self.config.tile_overlap)
 
     def _classifier_input(self, image: np.ndarray, x: Tensor | None) -> Tensor:
         """What the classifier sees: the decoded frame ``x`` when there is one, else (a tiled frame, never
@@ -424,6 +430,8 @@ class Restorer:
                 else:  # restored and converted to uint8 strip by strip
                     y, tiles_finite = tiled_restore(self.backend.restore, image, tile, cfg.tile_overlap,
                                                     self._multiple, to_input=self._decode, to_output=self._encode)
+                    if self.device.type == "cpu":
+                        release_freed_memory()
                 t4 = self._clock()
                 timings.restore = (t4 - t3) * 1e3
                 t3 = t4

@@ -32,7 +32,7 @@ from adsrt.arch import NAFNetConfig
 from adsrt.errors import AdsrtError
 
 __all__ = ["FRAME_BYTES_PER_PIXEL", "TilePlan", "activation_bytes_per_pixel", "auto_tile", "plan_tiles",
-           "tiled_restore", "window_mosaic"]
+           "release_freed_memory", "tiled_restore", "window_mosaic"]
 
 # uint8 buffers of one frame while it is restored: the input (3 bytes per pixel), the output (3) and the
 # encoder's BGR copy of it (3). The memory limit covers them as well as the activations.
@@ -150,6 +150,27 @@ def tiled_restore(fn: Callable[[Tensor], Tensor], image: np.ndarray, tile: int, 
     return out, finite
 
 
+def release_freed_memory() -> None:
+    """Give the memory a tiled frame freed back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    A tile's activations are tens of MB, below glibc's mmap threshold once it has adapted to them, so they
+    live on the heap and stay in the process after they are freed; the frame's output buffers are allocated
+    after them and the heap cannot shrink below those. Without the trim that slack adds to the peak of the
+    next large allocation (the encoder's copy of the output), past the memory limit.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): no malloc_trim
+        return
+
+
 def window_mosaic(image: np.ndarray, window: int, grid: int) -> np.ndarray:
     """The classifier's windows of a large uint8 frame, side by side in a small frame that the classifier
     sees through exactly the same windows (:meth:`adsrt.arch.DegradationClassifier.views`).
@@ -187,9 +208,10 @@ def activation_bytes_per_pixel(config: NAFNetConfig, element_size: int = 4) -> i
     return math.ceil(1.6 * channels * element_size)
 
 
-def auto_tile(height: int, width: int, bytes_per_pixel: int, memory_limit_mb: float, multiple: int) -> int | None:
+def auto_tile(height: int, width: int, bytes_per_pixel: int, memory_limit_mb: float, multiple: int,
+              overlap: int = 0) -> int | None:
     """A tile size whose frame buffers, accumulator strip and activations fit ``memory_limit_mb``, or None
-    when the whole frame fits (its buffers and activations)."""
+    when the whole frame fits (its buffers and activations). The tile must exceed twice ``overlap``."""
     if memory_limit_mb <= 0:
         return None
     budget = memory_limit_mb * 2**20
@@ -204,9 +226,9 @@ def auto_tile(height: int, width: int, bytes_per_pixel: int, memory_limit_mb: fl
     strip = STRIP_BYTES_PER_PIXEL * width
     t = (-strip + math.sqrt(strip * strip + 4 * bytes_per_pixel * room)) / (2 * bytes_per_pixel)
     tile = int(t) // multiple * multiple
-    if tile < 4 * multiple:
+    if tile < 4 * multiple or tile <= 2 * overlap:
         raise AdsrtError(
             f"memory limit {memory_limit_mb:g} MB leaves tiles of {tile} px for a {width} x {height} frame: too "
-            "small to restore (raise the limit)"
+            f"small to restore with a {overlap} px overlap (raise the limit)"
         )
     return tile

@@ -130,3 +130,46 @@ def test_max_pixels_covers_video_frames_and_folders(tmp_path, bundle_file, photo
     assert main(["-q", "restore", str(folder), str(tmp_path / "out"), *b]) == 0  # the big one is skipped, counted
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small.png"]
     assert "1 skipped" in capsys.readouterr().out
+
+
+def test_reports_never_replace_an_input(tmp_path, photo_file, bundle_file, capsys):
+    before = photo_file.read_bytes()
+    b = ["--bundle", str(bundle_file)]
+    assert main(["-q", "restore", str(photo_file), str(tmp_path / "o.png"), "--stats", str(photo_file), *b]) == 1
+    assert "would replace the input" in capsys.readouterr().err
+    assert main(["-q", "restore", str(photo_file), str(tmp_path / "o.png"), "--stats", str(bundle_file), *b]) == 1
+    assert "would replace the bundle" in capsys.readouterr().err
+    assert main(["-q", "restore", str(photo_file), str(tmp_path / "o.png"), "--stats", str(tmp_path / "o.png"), *b]) == 1
+    assert "would replace the output" in capsys.readouterr().err
+    assert main(["metrics", str(photo_file), str(photo_file), "--json", str(photo_file)]) == 1
+    assert "would replace the RESTORED" in capsys.readouterr().err
+    assert photo_file.read_bytes() == before and not (tmp_path / "o.png").exists()
+    assert bundle_file.read_bytes()[:8] != b"{" and main(["-q", "info", str(bundle_file)]) == 0
+
+
+def test_symlink_loops_are_one_error_line(tmp_path, photo_file, bundle_file, capsys):
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    assert main(["-q", "degrade", str(loop), str(tmp_path / "o.png"), "--kind", "noise:10"]) == 1
+    assert main(["-q", "degrade", str(photo_file), str(loop), "--kind", "noise:10"]) == 1
+    assert main(["-q", "restore", str(photo_file), str(loop), "--bundle", str(bundle_file)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 3
+
+
+def test_folders_of_only_unreadable_images_fail_and_leave_nothing(tmp_path, bundle_file, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.png").write_bytes(b"junk")
+    (src / "b.png").write_bytes(b"more junk")
+    assert main(["-q", "classify", str(src), "--bundle", str(bundle_file)]) == 1
+    assert "no frame could be read (2 skipped)" in capsys.readouterr().err
+    assert main(["-q", "restore", str(src), str(tmp_path / "out"), "--bundle", str(bundle_file)]) == 1
+    assert not (tmp_path / "out").exists()  # the output folder is made with the first restored frame
+
+
+def test_a_bad_output_fails_before_the_model_loads(tmp_path, photo_file, capsys):
+    # The bundle does not exist: the output's error comes first, so the OUTPUT is checked before the model.
+    assert main(["restore", str(photo_file), str(tmp_path / "o.xyz"), "--bundle", str(tmp_path / "none.safetensors")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown output type '.xyz'" in err[0]

@@ -51,7 +51,8 @@ def mean_psnr(frames, references) -> float:
 
 
 def no_temp_files(folder: Path) -> bool:
-    return not any(".partial" in p.name or p.name.endswith((".part", ".probe")) for p in folder.iterdir())
+    return not any(".partial" in p.name or ".part." in p.name or p.name.endswith((".part", ".probe"))
+                   for p in folder.iterdir())
 
 
 @pytest.fixture(scope="module")

@@ -119,10 +119,12 @@ def test_a_memory_limit_tiles_large_frames_automatically(trained_bundle, noisy):
     capped = adsrt.load(trained_bundle, device="cpu", memory_limit_mb=limit_mb)
     out = capped.restore(big)
     assert capped.last.tiles == plan_tiles(192, 256, 128, 32, 16).n_tiles == 6
-    whole = adsrt.load(trained_bundle, device="cpu", memory_limit_mb=0).restore(big)
+    uncapped = adsrt.load(trained_bundle, device="cpu", memory_limit_mb=0)
+    whole = uncapped.restore(big)
     assert peak_signal_noise_ratio(whole, out, data_range=255) > 40.0
-    # The classifier saw the same windows either way.
-    assert capped.last.probabilities == pytest.approx(adsrt.load(trained_bundle, device="cpu").classify(big), abs=1e-5)
+    # The classifier saw the same windows: the tiled frame's mosaic against the whole decoded frame.
+    assert uncapped.last.tiles == 1
+    assert capped.last.probabilities == pytest.approx(uncapped.last.probabilities, abs=1e-5)
     with pytest.raises(AdsrtError, match="too small to restore"):
         auto_tile(4000, 4000, bpp, 140, 16)
 
@@ -132,3 +134,8 @@ def test_a_limit_below_the_frame_buffers_is_refused_with_the_need():
     with pytest.raises(AdsrtError, match=r"needs 1236 MB for its uint8 input and output alone"):
         auto_tile(12000, 12000, bpp, 512, 16)
     assert auto_tile(12000, 12000, bpp, 2048, 16) >= 256
+    # A tile no larger than twice the overlap is no tile: refused as too small, not at the first frame.
+    with pytest.raises(AdsrtError, match="too small to restore with a 600 px overlap"):
+        auto_tile(12000, 12000, bpp, 2048, 16, overlap=600)
+    with pytest.raises(AdsrtError, match="less than half the tile size"):
+        adsrt.RestorerConfig(tile=64, tile_overlap=32).check()

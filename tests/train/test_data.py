@@ -146,5 +146,5 @@ def test_split_holdout_links_a_fixed_split_and_refuses_another(photo_folder, tmp
     # Every preset can be named on the command line.
     with pytest.raises(SystemExit):
         main(["train", "all", "--preset", "nope", "--data", "d", "--out", "o", "--work", "w"])
-    assert "tiny, small, bundled, v2, default" in capsys.readouterr().err.replace("'", "")
-    assert list(PRESETS) == ["tiny", "small", "bundled", "v2", "default"]
+    assert "tiny, small, bundled, bundled-v2, default" in capsys.readouterr().err.replace("'", "")
+    assert list(PRESETS) == ["tiny", "small", "bundled", "bundled-v2", "default"]
