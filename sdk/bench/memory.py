@@ -31,7 +31,6 @@ import torch
 
 from adsrt.bench.timing import Machine, comma_list
 from adsrt.fileio import upsert_csv
-from adsrt.imageio import write_image
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +47,15 @@ def _photo(width: int, height: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     noise = rng.normal(0.0, 15.0, size=(height, width, 1)).astype(np.float32)  # grey noise: 4 B/px, not 12
     return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def _write_photo(path: Path, width: int, height: int) -> None:
+    """Make the photo in a child process: a child's ``ru_maxrss`` includes the pages it shared with this
+    process when it was forked, so this process must stay small (a 48-megapixel photo made here added
+    about 400 MB to every later row)."""
+    code = ("import sys; from adsrt.bench.memory import _photo; from adsrt.imageio import write_image; "
+            "write_image(sys.argv[1], _photo(int(sys.argv[2]), int(sys.argv[3])))")
+    subprocess.run([sys.executable, "-c", code, str(path), str(width), str(height)], check=True)
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
@@ -82,7 +90,7 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
     machine = Machine.detect(torch.device("cpu"))
 
     small = work / "small.png"
-    write_image(small, _photo(64, 64))
+    _write_photo(small, 64, 64)
     constant, _ = peak_rss_of(_restore_cmd(small, work / "small_out.png", 0, args.bundle))
     log.info("constant (restoring 64 x 64): %.0f MB", constant)
     path = Path(args.results) / "memory.csv"
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
         limit_mb = float(limit)
         src = work / f"photo_{width}x{height}.png"
         if not src.is_file():
-            write_image(src, _photo(width, height))
+            _write_photo(src, width, height)
         out = work / f"out_{width}x{height}_{limit}.png"
         peak, seconds = peak_rss_of(_restore_cmd(src, out, limit_mb, args.bundle))
         out.unlink(missing_ok=True)
