@@ -15,10 +15,13 @@ mode            inputs                outputs                   weights
 ``branch``      ``x``, ``c`` [B, k]   ``y``                     constant: UM + delta branches
 ``branch`` +    ``x``                 ``y``, ``probs`` [B, k+1] constant; c = softmax(classifier)[:k]
  fuse
+``local``       ``x``, ``c``          ``y``                     as branch; ``c`` is a coefficient map
+                [B, k, h, w]                                    over the frame (any h, w; resized
+                                                                inside, :mod:`adsrt.runtime.branch`)
 ``classifier``  ``x``                 ``logits`` [B, k+1]       the degradation classifier
 ==============  ====================  ========================  =================================
 
-B, H and W are dynamic. I/O is float32 in the bundle's value range and channel order; ``precision="fp16"``
+B, H and W (and the map's h and w) are dynamic. I/O is float32 in the bundle's value range and channel order; ``precision="fp16"``
 casts to half right after the inputs and back to float32 at the outputs, so FP16 is expressed in the
 graph (TensorRT 11 is strongly typed and has no FP16 builder flag). A swap graph as written computes the
 UM (its ``ads.*`` initializers hold the UM rows); a runtime writes ``W_um[rows] + sum_d c_d delta_d[rows]``
@@ -66,7 +69,7 @@ __all__ = [
     "export_onnx",
 ]
 
-EXPORT_MODES = ("swap", "branch", "um", "classifier")
+EXPORT_MODES = ("swap", "branch", "local", "um", "classifier")
 EXPORT_PRECISIONS = {name: PRECISIONS[name] for name in GRAPH_PRECISIONS}  # graphs are fp32 or fp16 inside
 MIN_SIDE, MAX_SIDE, MAX_BATCH = 16, 8192, 64
 _ADS_PARAM = "ads_weight"
@@ -76,7 +79,7 @@ _ADS_PARAM = "ads_weight"
 class OnnxExportConfig:
     """What :func:`export_onnx` writes."""
 
-    mode: str = "swap"  # swap | branch | um | classifier
+    mode: str = "swap"  # swap | branch | local | um | classifier
     precision: str = "fp32"  # fp32 | fp16 (inside the graph; I/O stays float32)
     fuse_classifier: bool = False  # branch only: image -> restored image, the classifier inside
     temperature: float | None = None  # fused graph: softmax temperature; None: the bundle's calibrated one
@@ -172,7 +175,7 @@ def build_export_module(bundle, config: OnnxExportConfig) -> tuple[nn.Module, li
     config.check()
     dtype = EXPORT_PRECISIONS[config.precision]
     refit: dict[str, SwapRows] = {}
-    needs_deltas = config.mode in ("swap", "branch")
+    needs_deltas = config.mode in ("swap", "branch", "local")
     if needs_deltas and not any(len(d.units) for per in bundle.deltas.values() for d in per.values()):
         raise AdsrtError(f"{config.mode} mode needs ADS deltas and this bundle has none; export --mode um instead")
     if (config.mode == "classifier" or config.fuse_classifier) and bundle.classifier is None:
@@ -214,17 +217,22 @@ def _sample_inputs(bundle, inputs: list[str], config: OnnxExportConfig) -> tuple
     h, w = config.sample_size
     x = torch.rand(2, 3, h, w, generator=gen)  # batch 2: torch.export specialises sizes 0 and 1
     if "c" in inputs:
+        if config.mode == "local":  # a map at 1/8 of the frame (any size works after export)
+            return x, torch.rand(2, len(bundle.degradations), h // 8, w // 8, generator=gen)
         return x, torch.rand(2, len(bundle.degradations), generator=gen)
     return (x,)
 
 
-def _dynamic_shapes(inputs: list[str]) -> dict[str, dict[int, object]]:
+def _dynamic_shapes(inputs: list[str], mode: str) -> dict[str, dict[int, object]]:
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     height = torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE)
     width = torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)
     shapes: dict[str, dict[int, object]] = {"x": {0: batch, 2: height, 3: width}}
     if "c" in inputs:
         shapes["c"] = {0: batch}
+        if mode == "local":
+            shapes["c"].update({2: torch.export.Dim("map_height", min=1, max=MAX_SIDE),
+                                3: torch.export.Dim("map_width", min=1, max=MAX_SIDE)})
     return shapes
 
 
@@ -302,7 +310,7 @@ def export_onnx(bundle, out: str | os.PathLike, config: OnnxExportConfig | None 
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module, sample, dynamo=True, input_names=inputs, output_names=outputs,
-                dynamic_shapes=_dynamic_shapes(inputs),
+                dynamic_shapes=_dynamic_shapes(inputs, config.mode),
                 opset_version=config.opset, optimize=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; the message is what a user can act on

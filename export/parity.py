@@ -79,6 +79,13 @@ def _session(path: os.PathLike, proto, refit: dict[str, str]):
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def ramp_map(left: Tensor, right: Tensor, h: int, w: int) -> Tensor:
+    """A coefficient map ``[1, k, h, w]`` going linearly from ``left`` to ``right`` (``[1, k]`` each) across
+    the width: the map the parity check of ``local`` graphs feeds."""
+    t = torch.linspace(0.0, 1.0, w).view(1, 1, 1, w)
+    return ((1 - t) * left.view(1, -1, 1, 1) + t * right.view(1, -1, 1, 1)).expand(1, -1, h, w).contiguous()
+
+
 def check_parity(bundle, onnx_path: str | os.PathLike, images: list[np.ndarray],
                  c: Tensor | None = None) -> ParityReport:
     """Compare the exported graph at ``onnx_path`` with the torch reference on ``images`` (RGB uint8)."""
@@ -114,6 +121,10 @@ def check_parity(bundle, onnx_path: str | os.PathLike, images: list[np.ndarray],
             return bundle.build_um()(x)
         if mode == "swap":
             return model(x)
+        if mode == "local":  # the torch branch model with the same map
+            from adsrt.runtime.branch import to_branch
+
+            return to_branch(bundle.build_um(), bundle)(x, cs)
         outs = [apply_ads(bundle.build_um(), bundle, cs[i])(x[i : i + 1]) for i in range(x.shape[0])]
         return torch.cat(outs)
 
@@ -130,6 +141,10 @@ def check_parity(bundle, onnx_path: str | os.PathLike, images: list[np.ndarray],
                 # two frames, two coefficient vectors: the per-frame c of branch mode
                 x = torch.cat([x, x.flip(3)])
                 cs = torch.cat([c, c.flip(1)])
+                (y,) = session.run(None, {"x": x.numpy(), "c": cs.numpy()})
+            elif mode == "local":
+                # a map that turns c into its reverse from left to right, at 1/8 of the frame
+                cs = ramp_map(c, c.flip(1), max(1, x.shape[2] // 8), max(1, x.shape[3] // 8))
                 (y,) = session.run(None, {"x": x.numpy(), "c": cs.numpy()})
             elif fused:
                 y, probs = session.run(None, {"x": x.numpy()})

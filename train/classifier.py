@@ -7,6 +7,10 @@ or left clean (``clean_fraction``, default 1 / (k + 1), so classes are balanced)
 so what it learns transfers to real photos rather than to the generators' signatures. Reports the accuracy and the confusion matrix (rows: true class, columns: predicted) on
 held-out crops drawn with a fixed seed.
 
+Warm start (``init``): classifier weights (a ``model.safetensors`` of this stage) of the same shape and
+classes to start from instead of a random init; ``adsrt train add`` starts the k + 2-class classifier of an
+extended bundle from the k + 1-class one this way (:mod:`adsrt.train.extend`).
+
 Resumable like the restorer stages: ``checkpoint.safetensors`` every ``ckpt_every`` steps (and on SIGTERM),
 the loss curve in ``log.csv`` continuing across resumes, batches fixed per step (:mod:`adsrt.train.batches`).
 
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 
 from adsrt.arch import ClassifierConfig, DegradationClassifier, build_classifier
 from adsrt.errors import AdsrtError
-from adsrt.fileio import write_json
+from adsrt.fileio import file_sha256, write_json
 from adsrt.train import distributed
 from adsrt.train.batches import step_batches
 from adsrt.train.camera import NuisanceConfig
@@ -75,6 +79,7 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     clean_fraction: float | None = None  # default 1 / (k + 1)
     nuisance: bool = True  # camera processing on every sample (see the module doc)
+    init: str | None = None  # classifier weights to start from (same shape and classes; see the module doc)
     samples_per_epoch: int = 2048
     val_samples: int = 256
     val_fraction: float = 0.1
@@ -127,7 +132,11 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, cfg.batch_size),
         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=clean_fraction,
         nuisance=NuisanceConfig() if cfg.nuisance else None)
-    model = build_classifier(model_config).to(device).train()
+    classes = [*(s.name for s in specs), "clean"]
+    model = build_classifier(model_config)
+    if cfg.init is not None:
+        _warm_start(model, cfg.init, classes)
+    model = model.to(device).train()
     optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +144,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     # Everything the remaining steps depend on; a checkpoint of any other run is refused.
     run_key = {"classifier": model_config.to_dict(), "classes": [s.name for s in specs],
                **{k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "weight_decay", "crop_size", "seed")},
-               "clean_fraction": clean_fraction, "nuisance": cfg.nuisance, "samples_per_epoch": len(train_set), "images": len(train_set.images)}
+               "clean_fraction": clean_fraction, "nuisance": cfg.nuisance, "samples_per_epoch": len(train_set), "images": len(train_set.images),
+               **({"init": file_sha256(cfg.init)} if cfg.init is not None else {})}
     running = {"sum": 0.0, "n": 0}
     resumed = cfg.resume and ckpt_path.is_file()
     if resumed:
@@ -186,6 +196,21 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
                   "config": asdict(cfg)})
     log.info("classifier: held-out accuracy %.3f on %d crops -> %s", report["accuracy"], report["n"], out)
     return report
+
+
+def _warm_start(model: DegradationClassifier, path: str, classes: list[str]) -> None:
+    """Load the weights of ``path`` into ``model``; AdsrtError unless they have its shape and ``classes``."""
+    _, state, header = load_classifier(path)
+    if header.get("classes") != classes:
+        raise AdsrtError(f"{path}: warm-start weights for the classes {header.get('classes')}, this run trains {classes}")
+    expected = model.state_dict()
+    wrong = sorted(n for n in expected.keys() | state.keys()
+                   if n not in expected or n not in state or state[n].shape != expected[n].shape)
+    if wrong:
+        raise AdsrtError(f"{path}: warm-start weights do not fit the classifier {model.config.to_dict()} "
+                         f"(e.g. {wrong[:3]})")
+    model.load_state_dict(state, strict=True)
+    log.info("classifier: warm start from %s", path)
 
 
 @torch.no_grad()

@@ -11,6 +11,8 @@ checkpoint when a run was interrupted half way; ``adsrt train status WORK`` read
     WORK/classifier/model.safetensors, report.json  stage 5 (DC)
 
 Masks and deltas are keyed by selector, granularity and q, so an ablation reuses the UM and targets.
+``adsrt train add`` extends a finished bundle by one degradation with the same stage functions in a work
+folder of the same shape (:mod:`adsrt.train.extend`).
 Under ``torchrun`` stages 1-2 train with DDP; stages 3-5 and the bundle run on rank 0 while the other
 ranks wait.
 """
@@ -26,12 +28,15 @@ from typing import Any
 
 import torch
 
+from adsrt.ads import LayerDelta
+from adsrt.arch import NAFNetConfig
 from adsrt.bundle import Bundle, InputContract, save_bundle, summarize
 from adsrt.errors import AdsrtError, check_choice
 from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights
 from adsrt.train.classifier import ClassifierTrainConfig, load_classifier, train_classifier
+from adsrt.train.degradations import DegradationSpec
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
 from adsrt.train.status import RUN_FILE
@@ -126,16 +131,9 @@ PRESETS: dict[str, Preset] = {
 
 
 @dataclass(kw_only=True)
-class PipelineConfig:
-    data: str
-    out: str  # bundle path
-    work: str
-    degradations: tuple[str, ...] = ("noise", "blur", "rain")
-    preset: str = "default"
-    selector: str = "faig"
-    q: float = 0.03
-    granularity: str = "kernel"
-    budget: str = "params"  # see adsrt.train.select
+class RunOptions:
+    """What a multi-stage run (``train all``, ``train add``) passes to every stage besides the preset."""
+
     refine_steps: int | None = None  # None = the preset's
     seed: int = 0
     device: str | None = None
@@ -148,9 +146,80 @@ class PipelineConfig:
     progress: bool = True
 
 
+@dataclass(kw_only=True)
+class PipelineConfig(RunOptions):
+    data: str
+    out: str  # bundle path
+    work: str
+    degradations: tuple[str, ...] = ("noise", "blur", "rain")
+    preset: str = "default"
+    selector: str = "faig"
+    q: float = 0.03
+    granularity: str = "kernel"
+    budget: str = "params"  # see adsrt.train.select
+
+
+def stage_tag(selector: str, granularity: str, q: float, budget: str) -> str:
+    """The folder name of a run's masks and deltas under WORK/select and WORK/deltas."""
+    suffix = "" if budget == "units" else f"_{budget}"
+    return f"{selector}_{granularity}_q{q:g}{suffix}"
+
+
 def _tag(cfg: PipelineConfig) -> str:
-    suffix = "" if cfg.budget == "units" else f"_{cfg.budget}"
-    return f"{cfg.selector}_{cfg.granularity}_q{cfg.q:g}{suffix}"
+    return stage_tag(cfg.selector, cfg.granularity, cfg.q, cfg.budget)
+
+
+def restorer_stage_kwargs(p: Preset, cfg: Any) -> dict[str, Any]:
+    """The keywords of the restorer stages (UMConfig, TargetConfig) from a preset and a run config with
+    ``data``, ``seed``, ``device``, ``progress`` and the compute fields (PipelineConfig, ExtendConfig)."""
+    common = dict(data=cfg.data, crop_size=p.crop_size, batch_size=p.batch_size, val_every=p.val_every,
+                  val_samples=p.val_samples, ckpt_every=p.ckpt_every, samples_per_epoch=p.samples_per_epoch,
+                  workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    compute = {"compile": p.compile, **{k: getattr(cfg, k) for k in ("threads", "amp", "cpu_bf16", "channels_last",
+                                                                      "compile") if getattr(cfg, k) is not None}}
+    return {**common, **compute}
+
+
+def select_stage(p: Preset, spec: DegradationSpec, *, work: Path, tag: str, um_path: Path, data: str, selector: str,
+                 q: float, granularity: str, budget: str, seed: int, threads: int | None, device: str | None) -> bool:
+    """Stage 3 of one degradation into WORK/select/TAG/<d>.safetensors; False (skipped) when that file exists."""
+    masks = work / "select" / tag / f"{spec.name}.safetensors"
+    if masks.is_file():
+        return False
+    run_select(SelectConfig(um=str(um_path), target=str(work / "targets" / spec.name / "model.safetensors"),
+                            degradation=str(spec), out=str(masks), data=data, selector=selector, q=q,
+                            granularity=granularity, budget=budget, path_steps=p.path_steps, n_images=p.faig_images,
+                            batch_size=p.batch_size, crop_size=p.crop_size, seed=seed, threads=threads, device=device))
+    return True
+
+
+def deltas_stage(p: Preset, spec: DegradationSpec, *, work: Path, tag: str, um_path: Path, data: str,
+                 refine_steps: int, seed: int, threads: int | None, device: str | None) -> bool:
+    """Stage 4 of one degradation into WORK/deltas/TAG/<d>.safetensors; False (skipped) when that file exists."""
+    deltas = work / "deltas" / tag / f"{spec.name}.safetensors"
+    if deltas.is_file():
+        return False
+    build_deltas(DeltasConfig(um=str(um_path), target=str(work / "targets" / spec.name / "model.safetensors"),
+                              masks=str(work / "select" / tag / f"{spec.name}.safetensors"), out=str(deltas),
+                              data=data, refine_steps=refine_steps, batch_size=p.batch_size, crop_size=p.crop_size,
+                              val_samples=p.val_samples, seed=seed, threads=threads, device=device))
+    return True
+
+
+def load_stage_deltas(work: Path, tag: str, name: str, backbone: NAFNetConfig, granularity: str, q: float,
+                      um_label: str) -> tuple[dict[str, LayerDelta], dict[str, Any]]:
+    """The deltas of ``name`` from a work folder, checked against the run's backbone, granularity and q, and
+    their entry of the bundle's ``metrics["per_degradation"]`` (``um_label`` names the UM in messages)."""
+    layer_deltas, header = load_deltas(work / "deltas" / tag / f"{name}.safetensors")
+    if header["backbone"] != backbone.to_dict():
+        raise AdsrtError(f"deltas of {name} were made for another backbone than {um_label}'s")
+    if header["granularity"] != granularity or header["q"] != q:
+        raise AdsrtError(f"deltas of {name}: granularity/q {header['granularity']}/{header['q']} differ from the run's")
+    entry = {**header.get("val", {}), "refined": header["refined"], "masked_units": header["masked_units"],
+             "delta_params": header["delta_params"]}
+    _, _, sel = load_selection(work / "select" / tag / f"{name}.safetensors")
+    entry["eligible_units"] = sel["eligible_units"]
+    return layer_deltas, entry
 
 
 def train_all(cfg: PipelineConfig) -> dict[str, Any]:
@@ -169,18 +238,14 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
         write_json(work / RUN_FILE, {"config": dataclasses.asdict(cfg), "out": str(Path(cfg.out).resolve()),
                                      "preset_values": dataclasses.asdict(p), "tag": _tag(cfg),
                                      "degradation_names": [s.name for s in specs]})
-    common = dict(data=cfg.data, crop_size=p.crop_size, batch_size=p.batch_size, val_every=p.val_every,
-                  val_samples=p.val_samples, ckpt_every=p.ckpt_every, samples_per_epoch=p.samples_per_epoch,
-                  workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-    compute = {"compile": p.compile, **{k: getattr(cfg, k) for k in ("threads", "amp", "cpu_bf16", "channels_last",
-                                                                      "compile") if getattr(cfg, k) is not None}}
+    stage_kwargs = restorer_stage_kwargs(p, cfg)
 
     um_path = work / "um" / "model.safetensors"
     if um_path.is_file():
         log.info("UM: %s exists, skipping", um_path)
     else:
         train_um(UMConfig(out=str(um_path.parent), degradations=tuple(str(s) for s in specs), backbone=p.backbone,
-                          steps=p.um_steps, lr=p.um_lr, warmup_steps=p.um_warmup, clean_fraction=p.um_clean_fraction, **common, **compute))
+                          steps=p.um_steps, lr=p.um_lr, warmup_steps=p.um_warmup, clean_fraction=p.um_clean_fraction, **stage_kwargs))
 
     for s in specs:
         target = work / "targets" / s.name / "model.safetensors"
@@ -188,26 +253,16 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
             log.info("target %s: %s exists, skipping", s.name, target)
             continue
         train_target(TargetConfig(out=str(target.parent), um=str(um_path), degradation=str(s), steps=p.target_steps,
-                                  lr=p.target_lr, **common, **compute))
+                                  lr=p.target_lr, **stage_kwargs))
 
     if env.is_main:
         tag = _tag(cfg)
+        refine = p.refine_steps if cfg.refine_steps is None else cfg.refine_steps
         for s in specs:
-            target = work / "targets" / s.name / "model.safetensors"
-            masks = work / "select" / tag / f"{s.name}.safetensors"
-            if not masks.is_file():
-                run_select(SelectConfig(um=str(um_path), target=str(target), degradation=str(s), out=str(masks),
-                                        data=cfg.data, selector=cfg.selector, q=cfg.q, granularity=cfg.granularity,
-                                        budget=cfg.budget,
-                                        path_steps=p.path_steps, n_images=p.faig_images, batch_size=p.batch_size,
-                                        crop_size=p.crop_size, seed=cfg.seed, threads=cfg.threads, device=cfg.device))
-            deltas = work / "deltas" / tag / f"{s.name}.safetensors"
-            if not deltas.is_file():
-                refine = p.refine_steps if cfg.refine_steps is None else cfg.refine_steps
-                build_deltas(DeltasConfig(um=str(um_path), target=str(target), masks=str(masks), out=str(deltas),
-                                          data=cfg.data, refine_steps=refine, batch_size=p.batch_size,
-                                          crop_size=p.crop_size, val_samples=p.val_samples, seed=cfg.seed,
-                                          threads=cfg.threads, device=cfg.device))
+            where = dict(work=work, tag=tag, um_path=um_path, data=cfg.data, seed=cfg.seed, threads=cfg.threads,
+                         device=cfg.device)
+            select_stage(p, s, selector=cfg.selector, q=cfg.q, granularity=cfg.granularity, budget=cfg.budget, **where)
+            deltas_stage(p, s, refine_steps=refine, **where)
         dc_path = work / "classifier" / "model.safetensors"
         if not dc_path.is_file():
             train_classifier(ClassifierTrainConfig(
@@ -237,16 +292,7 @@ def _write_bundle(cfg: PipelineConfig, specs: list, work: Path, tag: str, um_pat
         raise AdsrtError(f"{dc_path}: classifier classes {dc_header.get('classes')} do not match {names} + clean")
     deltas, per_d = {}, {}
     for name in names:
-        layer_deltas, header = load_deltas(work / "deltas" / tag / f"{name}.safetensors")
-        if header["backbone"] != config.to_dict():
-            raise AdsrtError(f"deltas of {name} were made for another backbone than {um_path}'s")
-        if header["granularity"] != cfg.granularity or header["q"] != cfg.q:
-            raise AdsrtError(f"deltas of {name}: granularity/q {header['granularity']}/{header['q']} differ from the run's")
-        deltas[name] = layer_deltas
-        per_d[name] = {**header.get("val", {}), "refined": header["refined"],
-                       "masked_units": header["masked_units"], "delta_params": header["delta_params"]}
-        _, _, sel = load_selection(work / "select" / tag / f"{name}.safetensors")
-        per_d[name]["eligible_units"] = sel["eligible_units"]
+        deltas[name], per_d[name] = load_stage_deltas(work, tag, name, config, cfg.granularity, cfg.q, str(um_path))
     dc_report = dc_header.get("val", {})
     metrics = {
         "protocol": "adsrt: PSNR on RGB in [0,1], held-out training crops with fixed seeds (not a benchmark)",

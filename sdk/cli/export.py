@@ -118,8 +118,9 @@ def add_export_command(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n")[1] if __doc__ else None)
     p.add_argument("bundle", metavar="BUNDLE", help="bundle file or bundled model name (e.g. default)")
     p.add_argument("--to", choices=("onnx", "tensorrt"), default="onnx")
-    p.add_argument("--mode", choices=("swap", "branch", "um", "classifier"), default="swap",
-                   help="swap: refittable ads.<layer> convs; branch: c as input [B, k]; um: the UM alone; "
+    p.add_argument("--mode", choices=("swap", "branch", "local", "um", "classifier"), default="swap",
+                   help="swap: refittable ads.<layer> convs; branch: c as input [B, k]; local: a coefficient map "
+                        "c [B, k, h, w] as input; um: the UM alone; "
                         "classifier: the degradation classifier alone")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16 is expressed in the graph (I/O stays float32)")

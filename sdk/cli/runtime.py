@@ -1,7 +1,7 @@
 """The runtime commands of the ``adsrt`` CLI: ``restore`` and ``classify`` (``bench latency`` is in
 :mod:`adsrt.cli.bench`).
 
-    adsrt restore INPUT [OUTPUT] [--bundle B] [--backend auto|torch|...] [--mode swap|branch|um]
+    adsrt restore INPUT [OUTPUT] [--bundle B] [--backend auto|torch|...] [--mode swap|branch|local|um]
                   [--device D] [--precision fp32|fp16|bf16] [--tile N] [--force DEGRADATION]
                   [--side-by-side] [--stats JSON] [--input-* ...] [--output-* ...]
     adsrt classify INPUT [--bundle B] [--json]
@@ -207,9 +207,11 @@ def add_runtime_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", metavar="INPUT")
     p.add_argument("output", metavar="OUTPUT", nargs="?")
     _add_model_options(p)
-    p.add_argument("--mode", default="swap", choices=("swap", "branch", "um"),
+    p.add_argument("--mode", default="swap", choices=("swap", "branch", "local", "um"),
                    help="swap: fused in-place weight update; branch: constant weights, c as an input (same output "
-                        "to fp32 rounding); um: the unified model only (baseline)")
+                        "to fp32 rounding); local: a coefficient map from the classifier's windows, for frames whose "
+                        "degradation varies across the image (torch and onnxruntime); um: the unified model only "
+                        "(baseline)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
                    help="torch and tensorrt: fp16/bf16 on CUDA only; onnxruntime: fp32 or fp16 graphs, on the CPU too")
     p.add_argument("--tile", type=int_in(16), metavar="N", help="restore in N x N tiles (overlapping, blended)")

@@ -181,6 +181,29 @@ def cmd_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_add(args: argparse.Namespace) -> int:
+    from adsrt.train import distributed
+    from adsrt.train.extend import ExtendConfig, extend_bundle
+
+    kw = _given(args, ("preset", "refine_steps", "seed", "device", "threads", *_COMPUTE_FLAGS))
+    try:
+        metrics = extend_bundle(ExtendConfig(bundle=args.bundle, degradation=args.degradation, data=args.data,
+                                             work=args.work, out=args.out, progress=not args.quiet, **kw))
+    finally:
+        distributed.shutdown()
+    if metrics:
+        added = metrics["added"]
+        m = metrics["per_degradation"][added["name"]]
+        psnr = ", ".join(f"{k} {m[k]:.2f}" for k in ("input", "um", "ads", "im") if isinstance(m.get(k), (int, float)))
+        print(f"added {added['degradation']}: delta on {added['params']['delta']} values"
+              + (f" (val PSNR {psnr})" if psnr else "") + f", classifier +{added['params']['classifier_added']} "
+              f"parameters (held-out accuracy {metrics['classifier_accuracy']:.3f} on all classes), "
+              f"temperature {metrics['temperature_calibration']['temperature']:g}")
+        print("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in added["seconds"].items()))
+        print(f"bundle -> {args.out}")
+    return 0
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from adsrt.train.data import split_holdout
 
@@ -214,7 +237,8 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--pairs", nargs=2, metavar=("DEGRADED_DIR", "CLEAN_DIR"),
                       help="degraded images and their references, matched by file name stem")
     p.add_argument("--degradations", type=_csv,
-                   help="with --clean: comma-separated name[:level], one row each (default noise:25,blur,rain)")
+                   help="with --clean: comma-separated name[:level], one row each (default noise:25,blur,rain); "
+                        "a+b is a mixture row (noise:15+rain:2: top-1 ADS, blended oracle, best component IM)")
     p.add_argument("--seed", type=seed, help="with --clean: seed of the degradations (default 0)")
     p.add_argument("--label", metavar="NAME[:LEVEL]", help="with --pairs: their degradation (enables oracle, IM, DC accuracy)")
     p.add_argument("--protocol", choices=("adsrt", "peers"), default="adsrt",
@@ -252,7 +276,7 @@ def cmd_train_status(args: argparse.Namespace) -> int:
 
 
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,split,all}`` and ``adsrt eval``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,split,all,add}`` and ``adsrt eval``."""
     add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -353,4 +377,18 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     _options(p, str, "--device")
     _add_compute_flags(p)
     p.set_defaults(func=cmd_all)
+
+    p = sub.add_parser("add", help="extend a trained bundle by one degradation (UM and old deltas unchanged)")
+    p.add_argument("bundle", metavar="BUNDLE", help="the bundle file to extend (not modified)")
+    p.add_argument("--degradation", required=True, metavar="NAME[:LEVEL]", help="the new degradation")
+    p.add_argument("--data", required=True, metavar="DIR", help="folder of clean training photos")
+    p.add_argument("--work", required=True, metavar="DIR",
+                   help="work folder of this extension (stages with outputs there are skipped)")
+    p.add_argument("-o", "--out", required=True, metavar="NEW_BUNDLE", help="the new bundle file (.safetensors)")
+    p.add_argument("--preset", choices=("tiny", "small", "bundled", "bundled-v2", "default"), default="small",
+                   help="stage sizes and budgets (default small; the backbone and classifier shape are the bundle's)")
+    _options(p, int, "--refine-steps", "--seed", "--threads")
+    _options(p, str, "--device")
+    _add_compute_flags(p)
+    p.set_defaults(func=cmd_add)
 

@@ -5,7 +5,8 @@ device (the :class:`adsrt.runtime.restorer.Restorer` does the conversion from an
 temporal smoothing of ``c``):
 
 - ``classify(x) -> logits`` ``[B, k + 1]`` (fp32; the last class is clean/unknown);
-- ``update(c)`` with ``c`` ``[B, k]`` fp32: make the next ``restore`` use these coefficients;
+- ``update(c)`` with ``c`` ``[B, k]`` fp32 (``local`` mode: a map ``[B, k, h, w]``): make the next ``restore``
+  use these coefficients;
 - ``restore(x) -> y`` with ``x, y`` ``[B, 3, H, W]`` in the model's value range and channel order.
 
 Registered backends (:data:`BACKENDS`):
@@ -20,7 +21,8 @@ else ONNX Runtime on the CPU (exporting and caching the graphs on first use), el
 
 Modes (:data:`MODES`): ``swap`` (the fused ADS update of :mod:`adsrt.kernels` rewrites the masked
 weights in place), ``branch`` (constant weights, ``c`` as an input: :mod:`adsrt.runtime.branch`; one batch may
-mix coefficients), and ``um`` (the unified model alone: no classifier, no deltas; the baseline of the
+mix coefficients), ``local`` (branch mode with a coefficient map ``c`` ``[B, k, h, w]``: the degradation may
+vary across the frame), and ``um`` (the unified model alone: no classifier, no deltas; the baseline of the
 latency benchmark).
 """
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "BRANCH_MODES",
     "MODES",
     "PRECISIONS",
     "Backend",
@@ -52,7 +55,8 @@ __all__ = [
 ]
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MODES = ("swap", "branch", "um")
+MODES = ("swap", "branch", "local", "um")
+BRANCH_MODES = ("branch", "local")  # constant weights, c as an input (a vector, or a map in local mode)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -154,7 +158,7 @@ class TorchBackend(Backend):
 
             self.layout = build_ads_layout(model, bundle, device=self.device, dtype=self.dtype)
             self.update_backend = resolve_backend(self.device, "auto")
-        elif mode == "branch":
+        elif mode in BRANCH_MODES:
             from adsrt.runtime.branch import to_branch
 
             self.branch = to_branch(model, bundle)
@@ -174,7 +178,7 @@ class TorchBackend(Backend):
                 raise BackendError("swap mode applies one c to all frames of a batch; use branch mode to mix them")
             # validate=False: no host sync (the restorer checks c's finiteness when it downloads the frame)
             ads_update(self.layout, c[0], backend=self.update_backend, validate=False)
-        elif self.mode == "branch":
+        elif self.mode in BRANCH_MODES:
             self._c = c.to(self.dtype)
 
     def restore(self, x: Tensor) -> Tensor:
@@ -241,9 +245,9 @@ def _export_reason() -> str | None:
 
 
 def tensorrt_blocker(reason: str | None, *, wants_cuda: bool, precision: str, cuda_graph: bool,
-                     graph: object = None, export_reason: str | None = None) -> str | None:
+                     graph: object = None, export_reason: str | None = None, mode: str = "swap") -> str | None:
     """Why ``auto`` must not pick TensorRT for this request, or None when it can run it: TensorRT itself
-    (``reason``), frames on the CPU, a precision engines do not have (every mode has engines), ``cuda_graph``
+    (``reason``), frames on the CPU, a precision engines do not have, ``local`` mode (no engine yet), ``cuda_graph``
     (it captures the torch backend), or no way to export the engine's graph when no ``graph`` file is given. Pure logic: the
     availability probes come in as arguments."""
     from adsrt.runtime.tensorrt_engine import ENGINE_PRECISIONS
@@ -254,6 +258,8 @@ def tensorrt_blocker(reason: str | None, *, wants_cuda: bool, precision: str, cu
         return "the frames go to the CPU"
     if precision not in ENGINE_PRECISIONS:
         return f"engines are {' or '.join(ENGINE_PRECISIONS)}, not {precision}"
+    if mode == "local":
+        return "local mode has no TensorRT engine yet (its coefficient-map graph is checked with ONNX Runtime only)"
     if cuda_graph:
         return "cuda_graph captures the torch backend"
     if graph is None and export_reason is not None:
@@ -261,7 +267,8 @@ def tensorrt_blocker(reason: str | None, *, wants_cuda: bool, precision: str, cu
     return None
 
 
-def _auto_backend(device, *, precision: str = "fp32", cuda_graph: bool = False, graph: object = None) -> str:
+def _auto_backend(device, *, precision: str = "fp32", cuda_graph: bool = False, graph: object = None,
+                  mode: str = "swap") -> str:
     """TensorRT where this request runs on it (:func:`tensorrt_blocker`); else torch when the frames go to a
     CUDA device; else ONNX Runtime (on 2 CPU cores it runs nafnet-small at 480p ~2x faster than torch:
     benchmarks/results/latency.csv); else torch. Logs the pick and why the others were passed over."""
@@ -271,7 +278,7 @@ def _auto_backend(device, *, precision: str = "fp32", cuda_graph: bool = False, 
     trt = reasons["tensorrt"]
     if trt is None:  # only then is the (import-probing) export check worth making
         trt = tensorrt_blocker(None, wants_cuda=wants_cuda, precision=precision, cuda_graph=cuda_graph, graph=graph,
-                               export_reason=_export_reason())
+                               export_reason=_export_reason(), mode=mode)
     reasons = {**reasons, "tensorrt": trt}
     if trt is None:
         name = "tensorrt"
@@ -294,7 +301,7 @@ def create_backend(bundle, name: str = "auto", *, device: str | torch.device | N
     instead of exporting from the bundle) and ``cache_dir`` (where exported graphs and engines are cached).
     """
     if name == "auto":
-        name = _auto_backend(device, precision=precision, cuda_graph=cuda_graph, graph=options.get("graph"))
+        name = _auto_backend(device, precision=precision, cuda_graph=cuda_graph, graph=options.get("graph"), mode=mode)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}; known: auto, {', '.join(BACKENDS)}")
     options = {k: v for k, v in options.items() if v is not None}

@@ -15,6 +15,14 @@ of several degradations on one filter sum up). The result equals :func:`adsrt.ad
 same ``c`` up to floating-point rounding; ``c`` is a tensor ``[B, k]``, so one batch can carry frames
 with different degradations (``[1, k]`` or ``[k]`` broadcast over the batch).
 
+**Coefficient maps** (``local`` mode): ``c`` may also be a map ``[B or 1, k, h, w]``, a coefficient per
+degradation and pixel, for a frame whose degradation varies across it. The map covers the frame (any
+``h, w``: it is resized to the frame with bilinear interpolation, then padded by edge replication the way
+the backbone pads the frame to its multiple), and each branch layer scales its rows by the map resized to
+its own output size. The weights stay constant, so this is exact by linearity wherever the map is
+constant (a constant map gives global branch mode's output) and a per-pixel blend of the degradations'
+branch outputs where it varies (a smooth map keeps the receptive fields of neighbouring pixels alike).
+
 Both granularities work. ``granularity="filter"``: a row is a whole masked filter. ``"kernel"``: a row
 is an output filter with at least one masked kernel slice ``W[o, i]``, zero on its other slices; for
 ungrouped convolutions the extra convolution also reads only the input channels that some masked slice
@@ -131,8 +139,11 @@ class BranchConv(nn.Module):
             raise AdsrtError("a BranchConv runs inside BranchModel.forward(x, c), which supplies the coefficients")
         y = self.base(x)
         z = side_conv(self.base, x, self.delta_weight.to(x.dtype), None, self.in_index, self.delta_groups)
-        coef = c.index_select(1, self.row_degradation).to(z.dtype)  # [B or 1, rows]
-        z = z * coef[:, :, None, None]
+        if c.dim() == 4:  # a coefficient map at the padded frame's resolution: at this layer's resolution
+            c = F.interpolate(c, size=z.shape[-2:], mode="bilinear", align_corners=False)
+            z = z * c.index_select(1, self.row_degradation).to(z.dtype)  # [B or 1, rows, h, w]
+        else:
+            z = z * c.index_select(1, self.row_degradation).to(z.dtype)[:, :, None, None]  # [B or 1, rows]
         if self.scatter_weight is not None:
             return y + F.conv2d(z, self.scatter_weight.to(z.dtype))
         return y.index_add(1, self.row_channel, z)
@@ -149,7 +160,8 @@ class BranchConv(nn.Module):
 
 
 class BranchModel(nn.Module):
-    """A model whose masked convolutions are :class:`BranchConv`; ``forward(x, c)`` with ``c`` ``[B, k]``."""
+    """A model whose masked convolutions are :class:`BranchConv`; ``forward(x, c)`` with ``c`` ``[B, k]``
+    (or ``[k]``), or a coefficient map ``[B or 1, k, h, w]`` (module doc)."""
 
     def __init__(self, model: nn.Module, degradations: list[str], slot: _CoefficientSlot) -> None:
         super().__init__()
@@ -167,16 +179,27 @@ class BranchModel(nn.Module):
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         if c.dim() == 1:
             c = c.unsqueeze(0)
-        if c.dim() != 2 or c.shape[1] != self.k or c.shape[0] not in (1, x.shape[0]):
+        if c.dim() not in (2, 4) or c.shape[1] != self.k or c.shape[0] not in (1, x.shape[0]):
             raise AdsrtError(
-                f"coefficients must have shape [B, {self.k}] or [{self.k}] for a batch of {x.shape[0]}, "
-                f"got {tuple(c.shape)}"
+                f"coefficients must have shape [B, {self.k}], [{self.k}] or a map [B, {self.k}, h, w] for a batch "
+                f"of {x.shape[0]}, got {tuple(c.shape)}"
             )
+        if c.dim() == 4:
+            c = self._padded_map(c, x)
         self._slot.value = c
         try:
             return self.model(x)
         finally:
             self._slot.value = None
+
+    def _padded_map(self, c: Tensor, x: Tensor) -> Tensor:
+        """The map over the frame ``x`` as the backbone pads it: resized to ``x``'s size, then the bottom and
+        right padding filled with the edge values (the same symbolic formula as the backbone's, so it
+        exports with dynamic sizes)."""
+        h, w = x.shape[-2], x.shape[-1]
+        c = F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False)
+        m = getattr(getattr(self.model, "config", None), "pad_multiple", 1)
+        return F.pad(c, (0, (m - w % m) % m, 0, (m - h % m) % m), mode="replicate")
 
 
 def to_branch(model: nn.Module, bundle) -> BranchModel:

@@ -5,7 +5,8 @@ Graphs come from a file the user exported (``graph=``) or are exported on first 
 
 Modes:
 
-- ``um`` and ``branch``: constant weights; branch feeds ``c`` ``[B, k]`` as the graph input ``c``.
+- ``um``, ``branch`` and ``local``: constant weights; branch feeds ``c`` ``[B, k]`` as the graph input ``c``,
+  local a coefficient map ``[B, k, h, w]``.
 - ``swap``: the graph's refittable initializers (``ads.<layer>``, :mod:`adsrt.runtime.refit`) are
   also declared graph inputs, which ONNX Runtime lets a run override. The cached swap graph splits no
   layer (``split_max=0``: every masked weight is overridden whole, which costs ONNX Runtime nothing,
@@ -31,7 +32,7 @@ from adsrt.errors import BackendError
 from adsrt.kernels.ads_layout import build_ads_layout
 from adsrt.kernels.ads_update import ads_update, resolve_backend
 from adsrt.runtime.artifacts import exported, exporter_unavailable_reason
-from adsrt.runtime.backends import MODES, Backend, resolve_device
+from adsrt.runtime.backends import BRANCH_MODES, MODES, Backend, resolve_device
 from adsrt.runtime.onnx_graph import GRAPH_PRECISIONS, expose_initializers, graph_metadata, load_onnx
 from adsrt.runtime.refit import gather_refit_weights, swap_rows
 
@@ -163,17 +164,17 @@ class OnnxRuntimeBackend(Backend):
             if self._staged:
                 gather_refit_weights(self._weights, self._staged, out=self._buffers)
                 self._sync_feeds()
-        elif self.mode == "branch":
+        elif self.mode in BRANCH_MODES:
             self._c = c.float().contiguous().numpy()
 
     def restore(self, x: Tensor) -> Tensor:
         feeds = {"x": x.float().contiguous().numpy()}
-        if self.mode == "branch":
+        if self.mode in BRANCH_MODES:
             if self._c is None:
-                raise BackendError("branch mode: call update(c) before restore")
+                raise BackendError(f"{self.mode} mode: call update(c) before restore")
             c = self._c
             if c.shape[0] != x.shape[0]:
-                c = np.broadcast_to(c, (x.shape[0], c.shape[1])).copy()
+                c = np.broadcast_to(c, (x.shape[0], *c.shape[1:])).copy()
             feeds["c"] = c
         elif self.mode == "swap":
             feeds.update(self._feeds)

@@ -18,6 +18,13 @@ update in swap mode, an input in branch mode) -> restore (whole frame, or overla
 large frames, see :mod:`adsrt.runtime.tiling`) -> encode (tensor -> uint8 array). ``force`` skips the
 classifier (a one-hot ``c``; ``"clean"`` gives ``c = 0``, the plain UM).
 
+``mode="local"`` is for frames whose degradation varies across the image (rain on one side, a clean
+sky on the other): the classifier scores a lattice of windows instead of the frame as a whole, and their
+coefficients become a smooth map ``c(x, y)`` (:mod:`adsrt.runtime.coefficient_map`) that scales each
+degradation's branch per pixel (:mod:`adsrt.runtime.branch`). In streams the window coefficients are
+smoothed like ``c`` while the lattice keeps its shape. :meth:`Restorer.restore_with_map` takes a map
+from the caller (an application's own segmentation, or an oracle).
+
 Streams (:meth:`Restorer.stream`, :meth:`Restorer.step`) smooth ``c`` with an EMA
 (``c_t = ema * c_{t-1} + (1 - ema) * p_t[:k]``) and restart it at a scene cut: when the mean absolute
 difference of 32x32 grey thumbnails of consecutive frames exceeds ``scene_threshold`` (on [0, 1]).
@@ -54,6 +61,7 @@ from adsrt.runtime.backends import (
     create_backend,
     smooth_coefficients,
 )
+from adsrt.runtime.coefficient_map import MAP_STEP, CoefficientGrid, window_lattice
 from adsrt.runtime.tiling import (
     activation_bytes_per_pixel,
     auto_tile,
@@ -79,7 +87,7 @@ class RestorerConfig:
     backend: str = "auto"  # auto | torch | onnxruntime | tensorrt
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | fp16 | bf16 (the last two on CUDA)
-    mode: str = "swap"  # swap | branch | um (UM only: no classifier, no deltas; a baseline)
+    mode: str = "swap"  # swap | branch | local (a coefficient map per frame) | um (UM only: a baseline)
     channel_order: str = "RGB"  # of the arrays passed in and returned
     force: str | None = None  # a degradation name (skip the classifier, c one-hot) or "clean" (c = 0)
     temperature: float | None = None  # softmax temperature of the classifier; None: the bundle's calibrated one
@@ -146,11 +154,12 @@ class Timings:
 class FrameInfo:
     """What happened to the last frame: coefficients, class probabilities, scene cut, tiles, timings."""
 
-    c: dict[str, float]
+    c: dict[str, float]  # local mode: the mean of the map over the frame's windows
     probabilities: dict[str, float] | None  # None when the classifier was skipped (force, um mode)
     scene_change: bool = False
     tiles: int = 1
     timings: Timings = field(default_factory=Timings)
+    grid: CoefficientGrid | None = None  # local mode: the coefficients at the window centres (the map)
 
 
 # ------------------------------------------------------------------------------------------- bundles
@@ -231,6 +240,9 @@ class Restorer:
             self._forced = self._one_hot(CLEAN)
         elif config.force is not None:
             self._forced = self._one_hot(config.force)
+        if config.mode == "local" and config.force is None and bundle.classifier.window < 1:
+            raise AdsrtError("local mode needs a classifier trained on windows; this bundle's classifies whole frames")
+        self._grid_state: np.ndarray | None = None  # local streams: the smoothed window coefficients
         lo, hi = bundle.input.value_range
         self._lo, self._scale = float(lo), float(hi - lo)
         self._flip = config.channel_order != bundle.input.channel_order
@@ -263,11 +275,18 @@ class Restorer:
 
     # ------------------------------------------------------------------------------------------ API
 
-    def restore(self, image: np.ndarray, *, force: str | None = None) -> np.ndarray:
+    def restore(self, image: np.ndarray, *, force: str | None = None, c: dict[str, float] | None = None) -> np.ndarray:
         """Restore one image (no temporal state). HxWx3 uint8 in :attr:`config` channel order.
 
         ``force`` (a degradation name, or ``"clean"`` for c = 0) overrides :attr:`RestorerConfig.force`
-        for this call only: the classifier is skipped and ``c`` is that one-hot (evaluation's oracle c)."""
+        for this call only: the classifier is skipped and ``c`` is that one-hot (evaluation's oracle c).
+        ``c`` (``{degradation: coefficient}``, each finite and in [0, 1], names left out 0) does the same
+        with a coefficient vector of the caller's (evaluation's oracle for a mixture of degradations)."""
+        if c is not None:
+            if force is not None:
+                raise AdsrtError("give force or c, not both")
+            forced = self._coefficients(c)
+            return self._run(image, temporal=False, forced=None if self.config.mode == "um" else forced)
         if force is None:
             return self._run(image, temporal=False)
         self._check_force(force)
@@ -293,6 +312,7 @@ class Restorer:
     def reset(self) -> None:
         """Forget the temporal state (smoothed c, previous frame) and the skip count."""
         self._state.zero_()
+        self._grid_state = None
         self._prev_thumb = None
         self.skipped = 0
 
@@ -315,6 +335,21 @@ class Restorer:
     def _check_force(self, force: str) -> None:
         if force not in (*self.degradations, CLEAN):
             raise AdsrtError(f"cannot force {force!r}: this bundle knows {self.degradations} (or {CLEAN!r})")
+
+    def _coefficients(self, c: dict[str, float]) -> Tensor:
+        """``c`` ``[1, k]`` on the device from ``{degradation: coefficient}`` (validated; names left out are 0)."""
+        if not isinstance(c, dict):
+            raise AdsrtError(f"c must be a dict {{degradation: coefficient}}, got {type(c).__name__}")
+        unknown = sorted(str(name) for name in c if name not in self.degradations)
+        if unknown:
+            raise AdsrtError(f"c names unknown degradations {unknown}: this bundle knows {self.degradations}")
+        out = torch.zeros(1, self.k, dtype=torch.float32)
+        for name, value in c.items():
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not 0.0 <= value <= 1.0:  # NaN fails the range too
+                raise AdsrtError(f"c[{name!r}] must be a finite number in [0, 1], got {value!r}")
+            out[0, self.degradations.index(name)] = float(value)
+        return out.to(self.device)
 
     def _one_hot(self, force: str) -> Tensor:
         """``c`` ``[1, k]`` on the device: one-hot for a degradation, zeros for ``"clean"`` (made once per name:
@@ -392,7 +427,43 @@ class Restorer:
                 state=self._state if temporal else None, forced_c=self._forced)
         return self._graphs[key]
 
-    def _run(self, image: np.ndarray, *, temporal: bool, forced: Tensor | None = None) -> np.ndarray:
+    def restore_with_map(self, image: np.ndarray, grid: CoefficientGrid) -> np.ndarray:
+        """Restore one image in ``local`` mode with the caller's coefficients ``grid`` instead of the
+        classifier's (values ``[k, ...]`` at pixel centres of the frame; :class:`CoefficientGrid`)."""
+        if self.config.mode != "local":
+            raise AdsrtError(f"restore_with_map needs mode='local', not {self.config.mode!r}")
+        if grid.k != self.k:
+            raise AdsrtError(f"the coefficient grid has {grid.k} degradations; this bundle has {self.k}")
+        return self._run(image, temporal=False, grid=grid)
+
+    def _window_coefficients(self, image: np.ndarray, temporal: bool) -> tuple[CoefficientGrid, Tensor]:
+        """Local mode: the classifier on a lattice of windows; the grid of their ``c`` and the mean
+        probabilities ``[1, k + 1]``."""
+        ys, xs, wh, ww = window_lattice(*image.shape[:2], self.bundle.classifier.window)
+        crops = [image[y : y + wh, x : x + ww] for y in ys for x in xs]
+        probs = []
+        for i in range(0, len(crops), 64):  # batches of 64 windows bound the classifier's memory
+            batch = crops[i : i + 64]
+            x = self._decode(np.concatenate(batch, axis=0))  # [1, 3, n * wh, ww], one conversion
+            x = x[0].view(3, len(batch), wh, ww).transpose(0, 1).contiguous()
+            probs.append(torch.softmax(self.backend.classify(x) / self.temperature, dim=1))
+        p = torch.cat(probs).float().cpu()  # [windows, k + 1]
+        if not bool(torch.isfinite(p).all()):
+            raise RestoreError("the classifier produced non-finite probabilities (broken bundle or backend?)")
+        values = p[:, : self.k].T.reshape(self.k, len(ys), len(xs)).numpy()
+        if temporal:
+            state = self._grid_state
+            if state is not None and state.shape == values.shape:
+                values = self.config.ema * state + (1.0 - self.config.ema) * values
+            self._grid_state = values
+        return CoefficientGrid.from_windows(values, ys, xs, wh, ww), p.mean(0, keepdim=True)
+
+    def _map(self, grid: CoefficientGrid, y0: int, x0: int, h: int, w: int) -> Tensor:
+        """The coefficient map ``[1, k, h / MAP_STEP, w / MAP_STEP]`` of a region, on the device."""
+        return torch.from_numpy(grid.region(y0, x0, h, w, MAP_STEP))[None].to(self.device)
+
+    def _run(self, image: np.ndarray, *, temporal: bool, forced: Tensor | None = None,
+             grid: CoefficientGrid | None = None) -> np.ndarray:
         cfg = self.config
         forced = self._forced if forced is None else forced
         t0 = self._clock()
@@ -404,32 +475,50 @@ class Restorer:
         scene = temporal and self._scene_cut(image)
         if scene:
             self._state.zero_()
+            self._grid_state = None
             log.debug("scene change: smoothing of c restarted")
         timings = Timings()
         t1 = self._clock()
         timings.decode = (t1 - t0) * 1e3
         probs = None
         with torch.no_grad():
-            if cfg.cuda_graph and self.device.type == "cuda" and x is not None and forced is self._forced:
+            local = cfg.mode == "local"
+            if cfg.cuda_graph and self.device.type == "cuda" and x is not None and forced is self._forced and not local:
                 y, c, probs = self._graph(tuple(x.shape), temporal).run(x)
                 t3 = self._clock()
                 timings.restore = (t3 - t1) * 1e3  # one replay: classify, update and restore together
             else:
-                if forced is not None:
+                before_tile = None
+                if local:
+                    if grid is None and forced is None:
+                        grid, probs = self._window_coefficients(image, temporal)
+                    elif grid is None:
+                        grid = CoefficientGrid.constant(forced[0].cpu().numpy())
+                    c = torch.from_numpy(grid.mean())[None]
+                    t2 = self._clock()
+                    if x is not None:
+                        self.backend.update(self._map(grid, 0, 0, h, w))
+                    else:  # each tile gets the part of the map that covers it
+
+                        def before_tile(y0: int, x0: int, th: int, tw: int) -> None:
+                            self.backend.update(self._map(grid, y0, x0, th, tw))
+                elif forced is not None:
                     c = forced
                 else:
                     logits = self.backend.classify(self._classifier_input(image, x))
                     probs = torch.softmax(logits / self.temperature, dim=1)
                     c = smooth_coefficients(probs, self._state if temporal else None, cfg.ema)
-                t2 = self._clock()
-                self.backend.update(c)
+                if not local:
+                    t2 = self._clock()
+                    self.backend.update(c)
                 t3 = self._clock()
                 timings.classify, timings.update = (t2 - t1) * 1e3, (t3 - t2) * 1e3
                 if x is not None:
                     y = self.backend.restore(x)
                 else:  # restored and converted to uint8 strip by strip
                     y, tiles_finite = tiled_restore(self.backend.restore, image, tile, cfg.tile_overlap,
-                                                    self._multiple, to_input=self._decode, to_output=self._encode)
+                                                    self._multiple, to_input=self._decode, to_output=self._encode,
+                                                    before_tile=before_tile)
                     if self.device.type == "cpu":
                         release_freed_memory()
                 t4 = self._clock()
@@ -457,6 +546,7 @@ class Restorer:
             scene_change=scene,
             tiles=n_tiles,
             timings=timings,
+            grid=grid,
         )
         return out
 

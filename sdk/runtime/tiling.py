@@ -102,6 +102,7 @@ def _total_weight(starts: tuple[int, ...], size: int, length: int, overlap: int,
 
 def tiled_restore(fn: Callable[[Tensor], Tensor], image: np.ndarray, tile: int, overlap: int, multiple: int, *,
                   to_input: Callable[[np.ndarray], Tensor], to_output: Callable[[Tensor], np.ndarray],
+                  before_tile: Callable[[int, int, int, int], None] | None = None,
                   ) -> tuple[np.ndarray, Tensor]:
     """``fn`` (an image-to-image network) applied tile by tile to a uint8 ``H x W x C`` frame, blended.
 
@@ -113,6 +114,9 @@ def tiled_restore(fn: Callable[[Tensor], Tensor], image: np.ndarray, tile: int, 
     12000 frame would take 1.7 GB per float copy). The blend weight of a tile is the outer product of two
     ramps and the tiles form a grid, so the summed weight is the outer product of the per-axis sums: no
     weight buffer either.
+
+    ``before_tile(y0, x0, h, w)``, when given, is called before each tile with its region of the frame (the
+    local mode's coefficient map is cut to the tile there).
 
     Returns the uint8 frame and a 0-d bool tensor (on the input's device): whether every restored tile was
     finite (checked by the caller once, with a single device sync).
@@ -128,6 +132,8 @@ def tiled_restore(fn: Callable[[Tensor], Tensor], image: np.ndarray, tile: int, 
     for row, y0 in enumerate(plan.ys):
         next_y = plan.ys[row + 1] if row + 1 < len(plan.ys) else h
         for x0 in plan.xs:
+            if before_tile is not None:
+                before_tile(y0, x0, th, tw)
             piece = fn(to_input(image[y0 : y0 + th, x0 : x0 + tw])).float()
             if acc is None:
                 device = piece.device

@@ -46,6 +46,17 @@ def test_swap_and_branch_write_the_same_image(tmp_path, trained_bundle, noisy_fi
     assert diff.max() <= 1
 
 
+def test_local_mode_restores_a_uniformly_noisy_photo_like_swap(tmp_path, trained_bundle, noisy_file, clean_photo):
+    """One degradation over the whole frame: the window map is near-constant, so local mode restores as
+    swap mode does."""
+    for mode in ("swap", "local"):
+        assert main(["-q", "restore", str(noisy_file), str(tmp_path / f"{mode}.png"), "--bundle", str(trained_bundle),
+                     "--mode", mode, "--device", "cpu", "--backend", "torch"]) == 0
+    local, swap = read_image(tmp_path / "local.png"), read_image(tmp_path / "swap.png")
+    assert psnr(local, clean_photo) > psnr(read_image(noisy_file), clean_photo) + 2.0
+    assert psnr(local, swap) > 35
+
+
 def test_restore_a_folder_next_to_the_input(tmp_path, trained_bundle, clean_photo, noisy):
     folder = tmp_path / "shots"
     folder.mkdir()

@@ -153,6 +153,28 @@ def test_branch_graph_takes_a_c_per_frame(bundle, exported, images, precision, t
             assert _psnr(y[i : i + 1], ref, 1.0) > threshold
 
 
+@pytest.mark.parametrize("precision, threshold", [("fp32", 50.0), ("fp16", 40.0)])
+def test_local_graph_takes_a_coefficient_map(bundle, exported, images, precision, threshold):
+    """A constant map of any size is apply_ads with that c (the independent reference); a varying map
+    is the torch branch model with the same map (the map-mode ONNX equals torch)."""
+    from adsrt.export.parity import ramp_map
+    from adsrt.runtime.branch import to_branch
+
+    session = _session(exported("local", precision).path)
+    x = _x(images[1])
+    branch = to_branch(bundle.build_um(), bundle)
+    with torch.no_grad():
+        reference = _ads_model(bundle, C1)(x).numpy()
+        for size in [(1, 1), (4, 7), tuple(x.shape[-2:])]:
+            (y,) = session.run(None, {"x": x.numpy(), "c": C1.view(1, 3, 1, 1).expand(1, 3, *size).numpy()})
+            assert _psnr(y, reference, 1.0) > threshold, size
+        cmap = ramp_map(C1, C2, 9, 12)
+        (y,) = session.run(None, {"x": x.numpy(), "c": cmap.numpy()})
+        assert _psnr(y, branch(x, cmap).numpy(), 1.0) > threshold
+    report = check_parity(bundle, exported("local", precision).path, images)
+    assert report.passed, report.describe()
+
+
 def test_fused_graph_runs_the_classifier_inside(bundle, exported, images):
     session = _session(exported("branch", fuse=True).path)
     for image in images:
@@ -219,7 +241,8 @@ def test_refit_names_metadata_and_conv_inputs(bundle, exported):
 
 
 def test_every_graph_passes_the_tensorrt_parser_check(exported):
-    for args in [("um",), ("swap",), ("branch",), ("classifier",), ("swap", "fp16"), ("branch", "fp32", True)]:
+    for args in [("um",), ("swap",), ("branch",), ("local",), ("classifier",), ("swap", "fp16"),
+                 ("branch", "fp32", True)]:
         model = onnx.load(str(exported(*args).path))
         assert tensorrt_compatibility(model) == [], args
 

@@ -85,7 +85,7 @@ def test_branch_on_the_trained_bundle(trained_bundle, clean_photo, noisy):
         torch.testing.assert_close(out, _reference(bundle.build_um(), bundle, c, x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_batch_mixes_coefficients(make_bundle):
+def test_a_batch_mixes_coefficients_and_maps(make_bundle):
     bundle = make_bundle(granularity="filter")
     branch = to_branch(bundle.build_um(), bundle)
     x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(0))
@@ -98,6 +98,15 @@ def test_a_batch_mixes_coefficients(make_bundle):
     with torch.no_grad():
         broadcast = branch(x, c[:1])  # [1, k] applies to the whole batch
     torch.testing.assert_close(broadcast[1:], branch(x[1:], c[0]), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # coefficient maps: one per frame, and one that varies across the frame
+        per_frame = branch(x, c[:, :, None, None].expand(2, 3, 4, 6))
+        torch.testing.assert_close(per_frame, batch, rtol=1e-5, atol=1e-6)
+        ramp = torch.linspace(0, 1, 6).view(1, 1, 1, 6)
+        varying = branch(x[:1], (1 - ramp) * c[0].view(1, 3, 1, 1) + ramp * c[1].view(1, 3, 1, 1))
+        left, right = branch(x[:1], c[0]), branch(x[:1], c[1])
+    # Between the two global outputs, nearer the left one on the left and the right one on the right.
+    d_left, d_right = (varying - left).abs(), (varying - right).abs()
+    assert d_left[..., :8].mean() < d_right[..., :8].mean() and d_right[..., -8:].mean() < d_left[..., -8:].mean()
 
 
 def test_branch_moves_with_the_model(make_bundle):
@@ -120,9 +129,29 @@ def test_bad_coefficients_are_refused(make_bundle):
     branch = to_branch(bundle.build_um(), bundle)
     assert isinstance(branch, BranchModel) and branch.k == 3
     x = torch.rand(2, 3, 16, 16)
-    for c in (torch.zeros(2), torch.zeros(3, 3), torch.zeros(2, 3, 1)):
+    for c in (torch.zeros(2), torch.zeros(3, 3), torch.zeros(2, 3, 1), torch.zeros(2, 2, 4, 4)):
         with pytest.raises(AdsrtError, match="coefficients must have shape"):
             branch(x, c)
     layer = next(iter(branch.branch_layers().values()))
     with pytest.raises(AdsrtError, match="BranchModel.forward"):
         layer(torch.rand(1, layer.base.in_channels, 8, 8))
+
+
+# ------------------------------------------------------------------------------------- coefficient maps
+
+
+@pytest.mark.parametrize("granularity", ["kernel", "filter"])
+def test_a_constant_map_equals_global_coefficients(odd_case, make_bundle, granularity):
+    """Every layer kind, and NAFNet (padding to its multiple): a map of any size holding one c everywhere
+    gives apply_ads with that c."""
+    c = torch.tensor([0.7, -0.2, 0.4])
+    for model, source, size in [(*odd_case(granularity), (13, 11)),
+                                (make_bundle(granularity=granularity).build_um(), make_bundle(granularity=granularity),
+                                 (37, 45))]:
+        x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(3))
+        branch = to_branch(copy.deepcopy(model), source)
+        reference = _reference(model, source, c, x)
+        for map_size in [(1, 1), (3, 5), size]:
+            cmap = c.view(1, 3, 1, 1).expand(1, 3, *map_size)
+            with torch.no_grad():
+                torch.testing.assert_close(branch(x, cmap), reference, rtol=1e-4, atol=1e-5)

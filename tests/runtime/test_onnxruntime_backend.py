@@ -32,7 +32,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return _psnr_peak(a, b, 255.0)
 
 
-@pytest.mark.parametrize("mode", ["swap", "branch", "um"])
+@pytest.mark.parametrize("mode", ["swap", "branch", "local", "um"])
 def test_restore_matches_the_torch_backend(bundle_file, cache, photo, mode):
     torch_out = adsrt.load(bundle_file, backend="torch", device="cpu", mode=mode)
     ort_out = adsrt.load(bundle_file, backend="onnxruntime", mode=mode, cache_dir=str(cache))

@@ -261,6 +261,8 @@ def test_tensorrt_blocker_reasons():
     assert "cuda_graph" in tensorrt_blocker(None, **{**ok, "cuda_graph": True})
     assert "onnxsim" in tensorrt_blocker(None, **ok, export_reason="onnxsim not installed")
     assert tensorrt_blocker(None, **ok, export_reason="onnxsim not installed", graph="a.engine") is None
+    assert "local mode" in tensorrt_blocker(None, **ok, mode="local")
+    assert tensorrt_blocker(None, **ok, mode="branch") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages of a machine without CUDA")
@@ -350,3 +352,64 @@ def test_cuda_graph_frames_on_the_second_device(trained_bundle, clean_photo, noi
     for _ in range(2):  # the second call replays
         out = graphed.restore(degraded)
     assert torch.cuda.current_device() == 0 and psnr(out, eager) > 50.0
+
+
+# ------------------------------------------------------------------------------------------- local mode
+
+
+def _windowed_bundle(make_bundle):
+    from adsrt.arch import ClassifierConfig
+    from adsrt.arch.classifier import build_classifier
+
+    bundle = make_bundle(granularity="filter")
+    bundle.classifier = ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=48)
+    bundle.classifier_state = build_classifier(bundle.classifier).state_dict()
+    return bundle
+
+
+def test_local_mode_with_a_constant_map_is_branch_mode(make_bundle, clean_photo):
+    from adsrt.runtime.coefficient_map import CoefficientGrid
+
+    bundle = _windowed_bundle(make_bundle)
+    image = clean_photo[:90, :130]
+    c = np.array([0.2, 0.5, 0.3])
+    local = Restorer(bundle, RestorerConfig(backend="torch", mode="local"))
+    out = local.restore_with_map(image, CoefficientGrid.constant(c))
+    with torch.no_grad():  # the independent reference: the UM with the blended deltas written in
+        ref = apply_ads(bundle.build_um(), bundle, torch.tensor(c, dtype=torch.float32))(to_tensor(image)[None])
+    expected = (ref[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+    forced = local.restore(image, force="blur")
+    branch = Restorer(bundle, RestorerConfig(backend="torch", mode="branch", force="blur")).restore(image)
+    assert np.abs(forced.astype(int) - branch.astype(int)).max() <= 1
+
+
+def test_local_mode_classifies_windows_and_tiles_cut_the_map(make_bundle, clean_photo):
+    bundle = _windowed_bundle(make_bundle)
+    image = clean_photo[:120, :200]
+    local = Restorer(bundle, RestorerConfig(backend="torch", mode="local", memory_limit_mb=0))
+    whole = local.restore(image)
+    assert abs(sum(local.last.c.values()) + local.last.probabilities["clean"] - 1) < 1e-5
+    np.testing.assert_allclose(local.last.grid.mean(), list(local.last.c.values()), atol=1e-6)
+    assert local.last.c == pytest.approx({d: local.last.probabilities[d] for d in local.degradations}, abs=1e-5)
+    tiled = Restorer(bundle, RestorerConfig(backend="torch", mode="local", tile=64, tile_overlap=16)).restore(image)
+    um_tiled = Restorer(bundle, RestorerConfig(backend="torch", mode="um", tile=64, tile_overlap=16)).restore(image)
+    um = Restorer(bundle, RestorerConfig(backend="torch", mode="um", memory_limit_mb=0)).restore(image)
+    # Tiling costs local mode no more than it costs the UM (NAFNet's context is the tile).
+    assert psnr(tiled, whole) > psnr(um_tiled, um) - 1.0
+    frames = list(local.stream([image, image]))
+    assert len(frames) == 2 and local._grid_state is not None
+
+
+def test_local_mode_refusals(make_bundle, clean_photo):
+    from adsrt.runtime.coefficient_map import CoefficientGrid
+
+    bundle = make_bundle()  # its classifier resizes whole frames (window 0)
+    with pytest.raises(AdsrtError, match="windows"):
+        Restorer(bundle, RestorerConfig(backend="torch", mode="local"))
+    swap = Restorer(_windowed_bundle(make_bundle), RestorerConfig(backend="torch", mode="swap"))
+    with pytest.raises(AdsrtError, match="mode='local'"):
+        swap.restore_with_map(clean_photo, CoefficientGrid.constant(np.zeros(3)))
+    local = Restorer(_windowed_bundle(make_bundle), RestorerConfig(backend="torch", mode="local"))
+    with pytest.raises(AdsrtError, match="2 degradations"):
+        local.restore_with_map(clean_photo, CoefficientGrid.constant(np.zeros(2)))
