@@ -176,8 +176,11 @@ def _plan(cfg: ExtendConfig) -> _Plan:
 
 
 def _work_key(digest: str, spec: str, cfg: ExtendConfig) -> dict[str, Any]:
-    """What the stages in a work folder depend on beyond the data: a folder with another key is refused."""
-    return {"source_digest": digest, "degradation": spec, "preset": cfg.preset, "seed": cfg.seed}
+    """What the stages in a work folder depend on: a folder with another key is refused (a resumed run with
+    other data or refinement steps would otherwise reuse stale masks and deltas)."""
+    refine = PRESETS[cfg.preset].refine_steps if cfg.refine_steps is None else cfg.refine_steps
+    return {"source_digest": digest, "degradation": spec, "preset": cfg.preset, "seed": cfg.seed,
+            "refine_steps": refine, "data": str(resolved(cfg.data))}
 
 
 def _check_work(work: Path, digest: str, spec: str, cfg: ExtendConfig) -> None:

@@ -32,7 +32,7 @@ COLUMNS = ("bundle", "role", "degradations", "row", "n", "input", "um", "ads", "
            "device", "torch")
 KEY = ("role", "row")
 COST_COLUMNS = ("role", "bundle", "degradations", "um_params", "delta_params", "classifier_params",
-                "identical_to_source", "stage_seconds", "date", "device", "torch")
+                "identical_to_source", "tensors_compared", "stage_seconds", "date", "device", "torch")
 COST_KEY = ("role",)
 
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
                       "um_params": str(summary.um_params), "delta_params": json.dumps(summary.delta_params),
                       "classifier_params": str(summary.classifier_params),
                       "identical_to_source": str(same) if role == "extended" else "",
+                      "tensors_compared": str(compared) if role == "extended" else "",
                       "stage_seconds": json.dumps(added.get("seconds", {})) if role == "extended" else "",
                       **{k: machine[k] for k in ("date", "device", "torch")}})
     upsert_csv(args.results / "extend.csv", rows, key=KEY, columns=COLUMNS)

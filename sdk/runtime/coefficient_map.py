@@ -67,6 +67,8 @@ class CoefficientGrid:
                              f"{len(self.ys)} x {len(self.xs)} centres")
         if not np.isfinite(self.values).all():
             raise AdsrtError("coefficient grid holds NaN or infinite values")
+        if (np.diff(self.ys) <= 0).any() or (np.diff(self.xs) <= 0).any():
+            raise AdsrtError("coefficient grid centres must increase strictly along each axis")
 
     @classmethod
     def from_windows(cls, values: np.ndarray, ys: list[int], xs: list[int], h: int, w: int) -> CoefficientGrid:
@@ -88,8 +90,11 @@ class CoefficientGrid:
 
     def region(self, y0: int, x0: int, h: int, w: int, step: int = MAP_STEP) -> np.ndarray:
         """The map ``[k, ceil(h / step), ceil(w / step)]`` over the frame region ``[y0, y0 + h) x [x0, x0 + w)``,
-        sampled at the centres of ``step`` x ``step`` cells."""
-        py = y0 + step * np.arange(math.ceil(h / step)) + (step - 1) / 2
-        px = x0 + step * np.arange(math.ceil(w / step)) + (step - 1) / 2
+        sampled at the centres of that many equal cells (``step`` pixels, or a little less)."""
+        # n cells spread exactly over the region (cells are slightly smaller than step when it does not divide
+        # the side), so that the branch model's resize of the map to the region puts each sample at its centre.
+        ny, nx = math.ceil(h / step), math.ceil(w / step)
+        py = y0 + (np.arange(ny) + 0.5) * h / ny - 0.5
+        px = x0 + (np.arange(nx) + 0.5) * w / nx - 0.5
         wy, wx = _interpolation(py, self.ys), _interpolation(px, self.xs)
         return np.einsum("yi,kij,xj->kyx", wy, self.values.astype(np.float64), wx).astype(np.float32)

@@ -242,7 +242,9 @@ class Restorer:
             self._forced = self._one_hot(config.force)
         if config.mode == "local" and config.force is None and bundle.classifier.window < 1:
             raise AdsrtError("local mode needs a classifier trained on windows; this bundle's classifies whole frames")
-        self._grid_state: np.ndarray | None = None  # local streams: the smoothed window coefficients
+        if config.mode == "local" and config.cuda_graph:
+            log.warning("cuda_graph ignored in local mode (the coefficient map is made on the host per frame)")
+        self._grid_state: CoefficientGrid | None = None  # local streams: the smoothed window coefficients
         lo, hi = bundle.input.value_range
         self._lo, self._scale = float(lo), float(hi - lo)
         self._flip = config.channel_order != bundle.input.channel_order
@@ -432,6 +434,10 @@ class Restorer:
         classifier's (values ``[k, ...]`` at pixel centres of the frame; :class:`CoefficientGrid`)."""
         if self.config.mode != "local":
             raise AdsrtError(f"restore_with_map needs mode='local', not {self.config.mode!r}")
+        if not isinstance(grid, CoefficientGrid):
+            raise AdsrtError(f"restore_with_map takes a CoefficientGrid, not {type(grid).__name__}")
+        if grid.values.min() < 0 or grid.values.max() > 1:
+            raise AdsrtError("coefficient grid values must be in [0, 1]")
         if grid.k != self.k:
             raise AdsrtError(f"the coefficient grid has {grid.k} degradations; this bundle has {self.k}")
         return self._run(image, temporal=False, grid=grid)
@@ -451,12 +457,13 @@ class Restorer:
         if not bool(torch.isfinite(p).all()):
             raise RestoreError("the classifier produced non-finite probabilities (broken bundle or backend?)")
         values = p[:, : self.k].T.reshape(self.k, len(ys), len(xs)).numpy()
+        grid = CoefficientGrid.from_windows(values, ys, xs, wh, ww)
         if temporal:
-            state = self._grid_state
-            if state is not None and state.shape == values.shape:
-                values = self.config.ema * state + (1.0 - self.config.ema) * values
-            self._grid_state = values
-        return CoefficientGrid.from_windows(values, ys, xs, wh, ww), p.mean(0, keepdim=True)
+            state = self._grid_state  # smoothed only while the windows stay where they were
+            if state is not None and np.array_equal(state.ys, grid.ys) and np.array_equal(state.xs, grid.xs):
+                grid.values = self.config.ema * state.values + (1.0 - self.config.ema) * grid.values
+            self._grid_state = grid
+        return grid, p.mean(0, keepdim=True)
 
     def _map(self, grid: CoefficientGrid, y0: int, x0: int, h: int, w: int) -> Tensor:
         """The coefficient map ``[1, k, h / MAP_STEP, w / MAP_STEP]`` of a region, on the device."""

@@ -54,3 +54,24 @@ def test_bad_grids_are_refused():
         CoefficientGrid(np.zeros((2, 3, 3)), ys=[0, 1], xs=[0, 1, 2])
     with pytest.raises(AdsrtError, match="NaN"):
         CoefficientGrid(np.full((1, 1, 1), np.nan), ys=[0], xs=[0])
+
+
+@pytest.mark.parametrize("width", [100, 104, 9, 854])
+def test_the_map_resized_to_its_region_lands_on_the_pixels(width):
+    """The branch model resizes the map to the region (bilinear, align_corners=False): the samples must sit
+    where that resize puts them, also when 8 does not divide the side."""
+    import torch
+    import torch.nn.functional as F
+
+    grid = CoefficientGrid(np.array([[[0.0, 1.0]]]), ys=[0], xs=[0, width - 1])
+    m = torch.from_numpy(grid.region(0, 0, 1, width))[None]
+    resized = F.interpolate(m, size=(1, width), mode="bilinear", align_corners=False)[0, 0, 0].numpy()
+    exact = np.arange(width) / (width - 1)
+    half_cell = int(np.ceil(width / np.ceil(width / 8) / 2))  # beyond the outer samples the map is flat
+    inner = slice(half_cell, width - half_cell)
+    np.testing.assert_allclose(resized[inner], exact[inner], atol=0.02)
+
+
+def test_centres_must_increase():
+    with pytest.raises(AdsrtError, match="increase"):
+        CoefficientGrid(np.zeros((1, 1, 2)), ys=[0], xs=[5, 5])

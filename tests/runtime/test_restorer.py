@@ -413,3 +413,7 @@ def test_local_mode_refusals(make_bundle, clean_photo):
     local = Restorer(_windowed_bundle(make_bundle), RestorerConfig(backend="torch", mode="local"))
     with pytest.raises(AdsrtError, match="2 degradations"):
         local.restore_with_map(clean_photo, CoefficientGrid.constant(np.zeros(2)))
+    with pytest.raises(AdsrtError, match=r"\[0, 1\]"):
+        local.restore_with_map(clean_photo, CoefficientGrid.constant(np.array([0.5, 2.0, 0.0])))
+    with pytest.raises(AdsrtError, match="CoefficientGrid"):
+        local.restore_with_map(clean_photo, np.zeros((3, 1, 1)))
