@@ -68,11 +68,11 @@ def step_batches(dataset: Dataset, batch_size: int, *, steps: int, start: int = 
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=4 if workers else None, persistent_workers=False,
                         generator=torch.Generator().manual_seed(seed),
-                        worker_init_fn=_ignore_sigterm if workers else None)
+                        worker_init_fn=ignore_sigterm if workers else None)
     yield from enumerate(loader, start)
 
 
-def _ignore_sigterm(worker_id: int) -> None:
+def ignore_sigterm(worker_id: int) -> None:
     """In a loader worker: leave SIGTERM to the training process. A SIGTERM sent to the whole process group
     (``timeout``, a scheduler, a session ending) would otherwise kill the workers first and turn the
     trainer's checkpoint-and-stop into a DataLoader crash. A worker still exits when its parent dies."""

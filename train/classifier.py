@@ -4,8 +4,10 @@ Trained with cross-entropy on random crops degraded by one of the k degradations
 of its training range (each a family of styles and physical parameters, :mod:`adsrt.train.degradations`),
 or left clean (``clean_fraction``, default 1 / (k + 1), so classes are balanced), then, with ``nuisance``
 (the default), put through mild camera processing whatever the class (:func:`adsrt.train.camera.camera_nuisance`),
-so what it learns transfers to real photos rather than to the generators' signatures. Reports the accuracy and the confusion matrix (rows: true class, columns: predicted) on
-held-out crops drawn with a fixed seed.
+so what it learns transfers to real photos rather than to the generators' signatures; ``dim_weather`` of the rain
+and snow samples are at dusk or night (:func:`adsrt.train.data.dim_scene`). Reports the accuracy and the confusion
+matrix (rows: true class, columns: predicted) on held-out crops drawn with a fixed seed. The context trunk that
+sees the windows together is a later stage on whole frames (:mod:`adsrt.train.context`).
 
 Warm start (``init``): classifier weights (a ``model.safetensors`` of this stage) of the same shape and
 classes to start from instead of a random init; ``adsrt train add`` starts the k + 2-class classifier of an
@@ -45,7 +47,7 @@ from adsrt.train.checkpoint import (
 )
 from adsrt.train.compute import plan_compute
 from adsrt.train.degradations import DegradationSpec
-from adsrt.train.progress import StageLog, StopSignal
+from adsrt.train.progress import LossLoop, StageLog, StopSignal
 from adsrt.train.trainer import (
     CHECKPOINT,
     adamw,
@@ -79,6 +81,7 @@ class ClassifierTrainConfig:
     weight_decay: float = 1e-4
     clean_fraction: float | None = None  # default 1 / (k + 1)
     nuisance: bool = True  # camera processing on every sample (see the module doc)
+    dim_weather: float = 0.3  # share of rain and snow samples at dusk or night (DegradedImageDataset)
     init: str | None = None  # classifier weights to start from (same shape and classes; see the module doc)
     samples_per_epoch: int = 2048
     val_samples: int = 256
@@ -131,7 +134,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     train_set, val_set = split_datasets(
         cfg.data, specs, crop_size=cfg.crop_size, samples_per_epoch=max(cfg.samples_per_epoch, cfg.batch_size),
         val_samples=cfg.val_samples, val_fraction=cfg.val_fraction, seed=cfg.seed, clean_fraction=clean_fraction,
-        nuisance=NuisanceConfig() if cfg.nuisance else None)
+        nuisance=NuisanceConfig() if cfg.nuisance else None, dim_weather=cfg.dim_weather)
     classes = [*(s.name for s in specs), "clean"]
     model = build_classifier(model_config)
     if cfg.init is not None:
@@ -144,7 +147,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     # Everything the remaining steps depend on; a checkpoint of any other run is refused.
     run_key = {"classifier": model_config.to_dict(), "classes": [s.name for s in specs],
                **{k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "weight_decay", "crop_size", "seed")},
-               "clean_fraction": clean_fraction, "nuisance": cfg.nuisance, "samples_per_epoch": len(train_set), "images": len(train_set.images),
+               "clean_fraction": clean_fraction, "nuisance": cfg.nuisance, "dim_weather": cfg.dim_weather, "samples_per_epoch": len(train_set), "images": len(train_set.images),
                **({"init": file_sha256(cfg.init)} if cfg.init is not None else {})}
     running = {"sum": 0.0, "n": 0}
     resumed = cfg.resume and ckpt_path.is_file()
@@ -168,25 +171,12 @@ def train_classifier(cfg: ClassifierTrainConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.steps, initial=step, desc="train classifier", unit="step", disable=not cfg.progress)
     batches = step_batches(train_set, cfg.batch_size, steps=cfg.steps, start=step, seed=cfg.seed, workers=cfg.workers)
     with StopSignal() as stop, contextlib.closing(batches), contextlib.closing(bar):
+        loop = LossLoop("train classifier", steps=cfg.steps, running=running, curve=curve, bar=bar, stop=stop,
+                        save=save, checkpoint=ckpt_path, log_every=cfg.log_every, ckpt_every=cfg.ckpt_every)
         for step, b in batches:
             lr = cosine_lr(step, cfg.steps, cfg.lr)
             set_lr(optimizer, lr)
-            loss = F.cross_entropy(model(plan.to_input(b["input"])), b["label"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            running["sum"], running["n"] = running["sum"] + float(loss.detach()), running["n"] + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-            last = step >= cfg.steps
-            if step % cfg.log_every == 0 or last:
-                curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{running['sum'] / running['n']:.5f}"})
-                running.update(sum=0.0, n=0)
-            if step % cfg.ckpt_every == 0 or last or stop.requested:
-                save(step)
-            if not last:
-                stop.check("train classifier", step, ckpt_path)
+            step = loop.step(optimizer, F.cross_entropy(model(plan.to_input(b["input"])), b["label"].to(device)), step, lr)
 
     report = evaluate_classifier(model, fixed_batches(val_set, cfg.batch_size), [s.name for s in specs], device)
     write_json(out / "report.json", report)

@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from adsrt.errors import DataError, ImageReadError
 from adsrt.imageio import IMAGE_EXTENSIONS, list_images, read_image
-from adsrt.train.camera import NuisanceConfig, camera_nuisance
+from adsrt.train.camera import GAMMA, NuisanceConfig, camera_nuisance
 from adsrt.train.degradations import DegradationSpec, degrade, parse_specs, sample_level
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,18 @@ def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     return image[top : top + size, left : left + size]
 
 
+DIMMED_WEATHER = ("rain", "snow")  # the degradations :class:`DegradedImageDataset`'s ``dim_weather`` applies to
+
+
+def dim_scene(image: np.ndarray, gamma: float, stops: float) -> np.ndarray:
+    """A uint8 RGB frame at dusk or night: ``image ** gamma`` in display values (gamma > 1), then ``stops``
+    less light (linear). The curve sinks shadows and mid-tones (0.5 -> 0.18 at gamma 2.5) and keeps the
+    highlights (0.95 -> 0.88), so lamp-lit streaks and flakes stay bright on a dark scene and the
+    weather's veil dims with it; the exposure darkens all of it."""
+    x = np.power(image.astype(np.float32) / np.float32(255.0), np.float32(gamma)) * np.float32(2.0 ** (-stops / GAMMA))
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
 class DegradedImageDataset(Dataset):
     """Random crops of clean photos, degraded on the fly, with the degradation's class label."""
 
@@ -139,6 +151,8 @@ class DegradedImageDataset(Dataset):
         samples_per_epoch: int | None = None,
         clean_fraction: float = 0.0,
         nuisance: NuisanceConfig | None = None,
+        crop_range: tuple[int, int] | None = None,
+        dim_weather: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not specs:
@@ -148,10 +162,21 @@ class DegradedImageDataset(Dataset):
         ]
         if crop_size < 8:
             raise DataError(f"crop_size must be at least 8, got {crop_size}")
+        if not 0.0 <= dim_weather <= 1.0:
+            raise DataError(f"dim_weather must be in [0, 1], got {dim_weather}")
+        if crop_range is not None and not 8 <= crop_range[0] <= crop_range[1]:
+            raise DataError(f"crop_range must be (lo, hi) with 8 <= lo <= hi, got {crop_range}")
         if not 0.0 <= clean_fraction < 1.0:
             raise DataError(f"clean_fraction must be in [0, 1), got {clean_fraction}")
         self.paths, self.images = load_folder(folder)
         self.crop_size = crop_size
+        # Whole-frame samples (adsrt.train.context): each side drawn in [lo, hi], at most the photo's, so
+        # samples differ in size and shape (no batch collation; index them one at a time).
+        self.crop_range = crop_range
+        # Rain and snow fall at dusk and at night too: this share of their samples (and their targets) is
+        # dimmed after the weather by a tone curve that keeps the highlights (dim_scene). Trained on daylight
+        # weather only, the classifier called real rain at night "lowlight" with p = 1.0.
+        self.dim_weather = dim_weather
         self.samples_per_epoch = samples_per_epoch or len(self.images)
         self.clean_fraction = clean_fraction
         self.nuisance = nuisance
@@ -177,7 +202,14 @@ class DegradedImageDataset(Dataset):
         if not 0 <= index < len(self) or epoch < 0:
             raise IndexError(key)
         rng = np.random.default_rng([self.seed, epoch, index])
-        clean = random_crop(self.images[index % len(self.images)], self.crop_size, rng)
+        image = self.images[index % len(self.images)]
+        if self.crop_range is None:
+            clean = random_crop(image, self.crop_size, rng)
+        else:
+            lo, hi = self.crop_range
+            h, w = (int(rng.integers(min(lo, side), min(hi, side) + 1)) for side in image.shape[:2])
+            top, left = int(rng.integers(0, image.shape[0] - h + 1)), int(rng.integers(0, image.shape[1] - w + 1))
+            clean = image[top : top + h, left : left + w]
         if rng.random() < 0.5:
             clean = clean[:, ::-1]
         clean = np.ascontiguousarray(clean)
@@ -190,6 +222,9 @@ class DegradedImageDataset(Dataset):
                 spec = DegradationSpec(spec.name, sample_level(spec.name, rng), spec.style)
             level = float(spec.level)
             degraded = degrade(clean, spec, rng)
+            if self.dim_weather and spec.name in DIMMED_WEATHER and rng.random() < self.dim_weather:
+                gamma, stops = float(rng.uniform(1.6, 3.0)), float(rng.uniform(0.0, 1.5))
+                clean, degraded = dim_scene(clean, gamma, stops), dim_scene(degraded, gamma, stops)
         if self.nuisance is not None:
             degraded = camera_nuisance(degraded.astype(np.float32) / np.float32(255.0), rng, self.nuisance)
             degraded = np.clip(np.rint(degraded * 255.0), 0, 255).astype(np.uint8)

@@ -13,8 +13,10 @@ own (rain streaks are not noise grain), which only the convolution stages can le
 every stage weight and the head rows of the old classes and of clean into their new positions (clean stays
 last; d's row goes before it, initialised as a fresh head's, with ``seed``), so the old classes start where
 they were and fewer steps would suffice; the preset's classifier budget (``dc_steps``) is used all the same.
-Its shape (width, depth, convs, window, input size, grid) is the bundle's; classes train on the spec strings
-of the original run (``provenance["degradations"]``) where the bundle records them, else on the names.
+Its shape (width, depth, convs, window, input size, grid, context width) is the bundle's; classes train on
+the spec strings of the original run (``provenance["degradations"]``) where the bundle records them, else on
+the names. A classifier with a context trunk (:mod:`adsrt.train.context`) has its windows retrained so
+(warm-started without the context weights), then a context trunk of the same width trained afresh on them.
 
 Refused with one line, before anything is written: a d already in the bundle, an unknown degradation, a
 bundle without a classifier (or whose degradations adsrt cannot synthesise, so it cannot retrain one), a
@@ -31,7 +33,8 @@ Work folder layout (stages are skipped when their file exists and resume from th
     WORK/select/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 3
     WORK/deltas/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 4
     WORK/classifier/init.safetensors                the warm start (the bundle's classifier, one class wider)
-    WORK/classifier/model.safetensors, report.json  stage 5: the classifier of all k + 2 classes
+    WORK/classifier/model.safetensors, report.json  stage 5: the classifier of all k + 2 classes (windows)
+    WORK/context/model.safetensors, report.json     stage 5b: its context trunk, if the bundle's has one
     WORK/timings.json                               seconds of each stage (kept across resumed runs)
     WORK/bundle.safetensors                         the new bundle before calibration; the output is its
                                                     calibrated copy (run_calibrate), written last
@@ -57,7 +60,7 @@ from typing import Any
 
 import torch
 
-from adsrt.arch import ClassifierConfig, build_classifier
+from adsrt.arch import CONTEXT_PREFIXES, ClassifierConfig, build_classifier
 from adsrt.bundle import Bundle, load_bundle, save_bundle, summarize
 from adsrt.errors import AdsrtError, ConfigError, check_choice
 from adsrt.fileio import resolved, write_json
@@ -69,6 +72,7 @@ from adsrt.train.degradations import DegradationSpec
 from adsrt.train.pipeline import (
     PRESETS,
     RunOptions,
+    context_stage,
     deltas_stage,
     load_stage_deltas,
     restorer_stage_kwargs,
@@ -112,6 +116,7 @@ class _Plan:
     budget: str
     tag: str
     window: int  # the classifier's training crop = its window
+    context_width: int  # the bundle classifier's context trunk (0: none)
 
 
 def _same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -172,7 +177,8 @@ def _plan(cfg: ExtendConfig) -> _Plan:
     digest = source.digest()
     _check_work(Path(cfg.work), digest, str(spec), cfg)
     return _Plan(source=source, source_path=resolved(cfg.bundle), digest=digest, spec=spec, old_specs=old_specs, selector=selector, budget=budget,
-                 tag=stage_tag(selector, source.granularity, source.q, budget), window=window)
+                 tag=stage_tag(selector, source.granularity, source.q, budget), window=window,
+                 context_width=source.classifier.context_width)
 
 
 def _work_key(digest: str, spec: str, cfg: ExtendConfig) -> dict[str, Any]:
@@ -270,7 +276,9 @@ def extend_bundle(cfg: ExtendConfig) -> dict[str, Any]:
         # `adsrt train status WORK` reads the plan from here (um_steps 0: the UM is the bundle's, not trained).
         write_json(work / RUN_FILE, {
             "kind": RUN_KIND, "key": _work_key(plan.digest, str(spec), cfg), "config": dataclasses.asdict(cfg),
-            "out": str(resolved(cfg.out)), "preset_values": {**dataclasses.asdict(p), "um_steps": 0}, "tag": plan.tag,
+            "out": str(resolved(cfg.out)), "tag": plan.tag,
+            # The classifier keeps the bundle's shape: a context stage iff the bundle's classifier has one.
+            "preset_values": {**dataclasses.asdict(p), "um_steps": 0, "dc_context_width": plan.context_width},
             "degradation_names": [spec.name], "source": {"path": str(resolved(cfg.bundle)), "digest": plan.digest}})
         timings.run("um", _write_um, source, plan, um_path)
     distributed.barrier()
@@ -286,6 +294,9 @@ def extend_bundle(cfg: ExtendConfig) -> dict[str, Any]:
                     budget=plan.budget, **where)
         timings.run("deltas", deltas_stage, p, spec, refine_steps=refine, **where)
         timings.run("classifier", _classifier_stage, cfg, plan, work)
+        if plan.context_width:
+            timings.run("context", context_stage, p, work, plan.context_width, data=cfg.data, seed=cfg.seed,
+                        threads=cfg.threads, device=cfg.device, progress=cfg.progress)
         metrics = _write_bundle(cfg, plan, work, refine, timings.seconds)
         start = time.monotonic()
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +343,11 @@ def _classifier_stage(cfg: ExtendConfig, plan: _Plan, work: Path) -> bool:
     new_classes = [*source.degradations, plan.spec.name, "clean"]
     init = folder / "init.safetensors"
     if not init.is_file():
-        config = dataclasses.replace(source.classifier, num_classes=len(new_classes), window=plan.window, temperature=1.0)
-        state = widen_classifier_state(source.classifier_state, old_classes, config, new_classes, cfg.seed)
+        # The windows are retrained warm-started; a context trunk is trained afresh on them afterwards.
+        config = dataclasses.replace(source.classifier, num_classes=len(new_classes), window=plan.window, temperature=1.0,
+                                     context_width=0)
+        windows = {n: v for n, v in source.classifier_state.items() if not n.startswith(CONTEXT_PREFIXES)}
+        state = widen_classifier_state(windows, old_classes, config, new_classes, cfg.seed)
         save_weights(init, state, {"kind": "classifier", "classifier": config.to_dict(), "classes": new_classes,
                                    "from_bundle": {"digest": plan.digest, "classes": old_classes}})
     c = source.classifier
@@ -342,7 +356,7 @@ def _classifier_stage(cfg: ExtendConfig, plan: _Plan, work: Path) -> bool:
         width=c.width, depth=c.depth, convs=c.convs, crop_size=plan.window, grid=c.grid, steps=p.dc_steps,
         batch_size=p.dc_batch_size, val_samples=p.val_samples * 2, samples_per_epoch=p.samples_per_epoch,
         workers=p.workers, threads=cfg.threads, seed=cfg.seed, device=cfg.device, progress=cfg.progress,
-        init=str(init)))
+        init=str(init), dim_weather=p.dc_dim_weather))
     return True
 
 
@@ -350,7 +364,7 @@ def _write_bundle(cfg: ExtendConfig, plan: _Plan, work: Path, refine: int, secon
     """The new bundle, uncalibrated, in WORK/bundle.safetensors; returns its metrics."""
     source, spec, p = plan.source, plan.spec, PRESETS[cfg.preset]
     names = [*source.degradations, spec.name]
-    dc_path = work / "classifier" / "model.safetensors"
+    dc_path = work / ("context" if plan.context_width else "classifier") / "model.safetensors"
     dc_config, dc_state, dc_header = load_classifier(dc_path)
     if dc_header.get("classes") != [*names, "clean"]:
         raise AdsrtError(f"{dc_path}: classifier classes {dc_header.get('classes')} do not match {names} + clean")
@@ -361,8 +375,10 @@ def _write_bundle(cfg: ExtendConfig, plan: _Plan, work: Path, refine: int, secon
         "name": spec.name, "degradation": str(spec), "preset": cfg.preset, "preset_values": dataclasses.asdict(p),
         "data": str(resolved(cfg.data)), "seed": cfg.seed, "work": str(resolved(work)), "selector": plan.selector,
         "budget": plan.budget, "steps": {"target": p.target_steps, "faig_path": p.path_steps, "refine": refine,
-                                         "classifier": p.dc_steps},
-        "classifier_warm_start": True, "seconds": dict(seconds),
+                                         "classifier": p.dc_steps,
+                                         **({"context": p.dc_context_steps} if plan.context_width else {})},
+        # The windows start from the bundle's; a context trunk (if the bundle has one) is trained afresh.
+        "classifier_warm_start": "windows" if plan.context_width else True, "seconds": dict(seconds),
         "params": {"delta": entry["delta_params"], "masked_units": entry["masked_units"],
                    "classifier_before": old_dc_params, "classifier_after": dc_config.num_params(),
                    "classifier_added": dc_config.num_params() - old_dc_params},

@@ -8,7 +8,9 @@ checkpoint when a run was interrupted half way; ``adsrt train status WORK`` read
     WORK/targets/<d>/model.safetensors              stage 2 (IM per degradation)
     WORK/select/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 3 (scores + masks)
     WORK/deltas/<selector>_<gran>_q<q>[_params]/<d>.safetensors   stage 4 (sparse deltas + val PSNR)
-    WORK/classifier/model.safetensors, report.json  stage 5 (DC)
+    WORK/classifier/model.safetensors, report.json  stage 5 (DC on windows)
+    WORK/context/model.safetensors, report.json     stage 5b (its context trunk on whole frames; presets
+                                                    with dc_context_width), the bundle's classifier
 
 Masks and deltas are keyed by selector, granularity and q, so an ablation reuses the UM and targets.
 ``adsrt train add`` extends a finished bundle by one degradation with the same stage functions in a work
@@ -36,6 +38,7 @@ from adsrt.fileio import write_json
 from adsrt.train import distributed
 from adsrt.train.checkpoint import load_backbone_weights
 from adsrt.train.classifier import ClassifierTrainConfig, load_classifier, train_classifier
+from adsrt.train.context import ContextTrainConfig, train_context, window_classifier_digest
 from adsrt.train.degradations import DegradationSpec
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
@@ -76,6 +79,11 @@ class Preset:
     um_clean_fraction: float = 0.0  # UM samples left clean, so it leaves a clean frame alone (TrainerConfig)
     um_warmup: int = 0  # linear warm-up steps of the UM's learning rate
     calib_images: int = 16  # training photos for the classifier's temperature (adsrt.train.calibrate)
+    # The classifier's context trunk (adsrt.train.context): its width (0: none), pool frames and steps.
+    dc_context_width: int = 0
+    dc_context_frames: int = 12000
+    dc_context_steps: int = 3000
+    dc_dim_weather: float = 0.3  # share of the classifier's rain and snow samples at dusk or night
     # torch.compile the UM and target steps: 2x the samples/s of v1's loop on 2 CPU cores (adsrt bench train,
     # benchmarks/results/train.csv); the first step of each run compiles (about a minute on a CPU).
     compile: bool = True
@@ -88,6 +96,7 @@ PRESETS: dict[str, Preset] = {
         target_lr=0.001, val_every=3, val_samples=8, ckpt_every=3, samples_per_epoch=64, path_steps=3,
         faig_images=4, refine_steps=2, dc_steps=6, dc_input_size=32, dc_width=4, dc_depth=2, dc_crop_size=48,
         dc_batch_size=8, workers=0, calib_images=2, compile=False, um_clean_fraction=0.25,
+        dc_context_width=2, dc_context_frames=24, dc_context_steps=3,
     ),
     # Minutes to an hour on one GPU: numbers that move.
     "small": Preset(
@@ -95,6 +104,7 @@ PRESETS: dict[str, Preset] = {
         target_lr=0.0002, val_every=500, val_samples=64, ckpt_every=500, samples_per_epoch=2048,
         path_steps=20, faig_images=16, refine_steps=200, dc_steps=1500, dc_input_size=64, dc_width=8,
         dc_depth=3, dc_crop_size=96, dc_batch_size=32, workers=2, um_clean_fraction=0.1,
+        dc_context_width=8, dc_context_frames=4000, dc_context_steps=1500,
     ),
     # The bundled default model (adsrt/models/default.safetensors): the small backbone, which runs a
     # 480p frame in ~0.3 s on two CPU cores, trained longer on six degradations in ~1.5 h on one CPU core.
@@ -107,6 +117,7 @@ PRESETS: dict[str, Preset] = {
         target_lr=0.0002, val_every=1000, val_samples=64, ckpt_every=500, samples_per_epoch=2048,
         path_steps=20, faig_images=16, refine_steps=300, dc_steps=8000, dc_input_size=96, dc_width=24,
         dc_depth=4, dc_crop_size=96, dc_batch_size=32, workers=1, dc_convs=2, um_clean_fraction=0.1,
+        dc_context_width=16,
     ),
     # Default model v2 (issue 16): the recipe of the UM study (benchmarks/results/recipes.csv: nafnet-small,
     # 64 px, L1, lr 2e-3 with 200 warm-up steps, compiled) trained 10x v1's UM samples (60k steps of 16,
@@ -117,7 +128,7 @@ PRESETS: dict[str, Preset] = {
         target_steps=4000, target_lr=0.0002, val_every=2000, val_samples=64, ckpt_every=1000,
         samples_per_epoch=2048, path_steps=20, faig_images=16, refine_steps=1000, dc_steps=8000,
         dc_input_size=96, dc_width=24, dc_depth=4, dc_crop_size=96, dc_batch_size=32, workers=1, dc_convs=2,
-        um_clean_fraction=0.1,
+        um_clean_fraction=0.1, dc_context_width=16,
     ),
     # The edge model at full size (a few GPU hours).
     "default": Preset(
@@ -125,7 +136,7 @@ PRESETS: dict[str, Preset] = {
         target_steps=10000, target_lr=0.0002, val_every=2000, val_samples=128, ckpt_every=1000,
         samples_per_epoch=4096, path_steps=50, faig_images=32, refine_steps=1000, dc_steps=5000,
         dc_input_size=128, dc_width=16, dc_depth=4, dc_crop_size=128, dc_batch_size=32, workers=8,
-        um_clean_fraction=0.1,
+        um_clean_fraction=0.1, dc_context_width=16,
     ),
 }
 
@@ -222,6 +233,24 @@ def load_stage_deltas(work: Path, tag: str, name: str, backbone: NAFNetConfig, g
     return layer_deltas, entry
 
 
+def context_stage(p: Preset, work: Path, width: int, **kw: Any) -> bool:
+    """Stage 5b: the context trunk (``width``) of WORK/classifier on whole frames, into WORK/context (the
+    whole classifier). False when it was done already; a context trained on another window classifier than
+    the one in WORK/classifier is refused, not shipped with the wrong windows."""
+    window_classifier, path = work / "classifier" / "model.safetensors", work / "context" / "model.safetensors"
+    if path.is_file():
+        _, _, header = load_classifier(path)
+        if (header.get("window_classifier") or {}).get("sha256") != window_classifier_digest(window_classifier):
+            raise AdsrtError(f"{path}: trained on another window classifier than {window_classifier}; delete "
+                             f"{path.parent} to train it again")
+        log.info("context: %s exists, skipping", path)
+        return False
+    train_context(ContextTrainConfig(classifier=str(window_classifier), out=str(path.parent), context_width=width,
+                                     frames=p.dc_context_frames, steps=p.dc_context_steps,
+                                     val_frames=max(8, p.val_samples * 4), workers=p.workers, **kw))
+    return True
+
+
 def train_all(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the missing stages and write the bundle. Returns the bundle's metrics (rank 0)."""
     check_choice("preset", cfg.preset, PRESETS)
@@ -268,10 +297,14 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
             train_classifier(ClassifierTrainConfig(
                 data=cfg.data, out=str(dc_path.parent), degradations=tuple(s.name for s in specs),
                 input_size=p.dc_input_size, width=p.dc_width, depth=p.dc_depth, convs=p.dc_convs,
-                crop_size=p.dc_crop_size,
+                crop_size=p.dc_crop_size, dim_weather=p.dc_dim_weather,
                 steps=p.dc_steps, batch_size=p.dc_batch_size, val_samples=p.val_samples * 2,
                 samples_per_epoch=p.samples_per_epoch, workers=p.workers, threads=cfg.threads, seed=cfg.seed, device=cfg.device,
                 progress=cfg.progress))
+        if p.dc_context_width:
+            context_stage(p, work, p.dc_context_width, data=cfg.data, seed=cfg.seed, threads=cfg.threads,
+                          device=cfg.device, progress=cfg.progress)
+            dc_path = work / "context" / "model.safetensors"
         metrics = _write_bundle(cfg, specs, work, tag, um_path, dc_path)
         from adsrt.train.calibrate import CalibrateConfig, run_calibrate
 
@@ -299,6 +332,7 @@ def _write_bundle(cfg: PipelineConfig, specs: list, work: Path, tag: str, um_pat
         "um_val_psnr": um_header.get("val", {}).get("psnr"),
         "per_degradation": per_d,
         "classifier_accuracy": dc_report.get("accuracy"),
+        **({"classifier_frame_accuracy": dc_report["frame_accuracy"]} if "frame_accuracy" in dc_report else {}),
     }
     bundle = Bundle(
         backbone=config, um_state=um_state, degradations=names, granularity=cfg.granularity, q=cfg.q,

@@ -117,3 +117,36 @@ class StopSignal:
         if self.requested:
             raise TrainingStopped(f"{stage}: stopped by SIGTERM after step {step}; checkpoint {checkpoint}; "
                                   "run the same command again to resume")
+
+
+class LossLoop:
+    """What a plain loss loop (the classifier, its context trunk) does around each optimizer step: the
+    running loss mean into ``curve`` every ``log_every`` steps, ``save(step)`` every ``ckpt_every`` steps, at
+    the end and on SIGTERM (then :class:`TrainingStopped`), and the bar. ``running`` is the checkpointed
+    ``{"sum", "n"}`` of the loss since the last row."""
+
+    def __init__(self, name: str, *, steps: int, running: dict[str, float], curve: StageLog, bar: Any,
+                 stop: StopSignal, save: Any, checkpoint: Path, log_every: int, ckpt_every: int) -> None:
+        self.name, self.steps, self.running, self.curve, self.bar = name, steps, running, curve, bar
+        self.stop, self.save, self.checkpoint = stop, save, checkpoint
+        self.log_every, self.ckpt_every = log_every, ckpt_every
+
+    def step(self, optimizer: Any, loss: Any, step: int, lr: float) -> int:
+        """Backward and optimizer step on ``loss`` (step ``step``, learning rate ``lr``); returns step + 1."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        value = float(loss.detach())
+        self.running["sum"], self.running["n"] = self.running["sum"] + value, self.running["n"] + 1
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{value:.3f}")
+        last = step >= self.steps
+        if step % self.log_every == 0 or last:
+            self.curve.write({"step": step, "lr": f"{lr:.3e}", "loss": f"{self.running['sum'] / self.running['n']:.5f}"})
+            self.running.update(sum=0.0, n=0)
+        if step % self.ckpt_every == 0 or last or self.stop.requested:
+            self.save(step)
+        if not last:
+            self.stop.check(self.name, step, self.checkpoint)
+        return step

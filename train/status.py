@@ -125,6 +125,10 @@ def work_status(work: str | Path) -> list[StageStatus]:
     folder = work / "classifier"
     stages.append(_stage("classifier", folder / "model.safetensors", folder / CHECKPOINT, folder / "log.csv",
                          preset["dc_steps"], _classifier_quality))
+    if preset.get("dc_context_width"):  # run files from before the context stage lack the key
+        folder = work / "context"
+        stages.append(_stage("context", folder / "model.safetensors", folder / CHECKPOINT, folder / "log.csv",
+                             preset["dc_context_steps"], _classifier_quality))
     bundle = Path(run["out"])
     stages.append(StageStatus("bundle", "done" if bundle.is_file() else "pending", quality=str(bundle)))
     _estimate(stages)

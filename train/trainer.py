@@ -147,7 +147,7 @@ def class_specs(degradations: Sequence[str]) -> list[DegradationSpec]:
 def split_datasets(
     folder: str, specs: Sequence[DegradationSpec], *, crop_size: int, samples_per_epoch: int,
     val_samples: int, val_fraction: float, seed: int, clean_fraction: float = 0.0,
-    nuisance: NuisanceConfig | None = None,
+    nuisance: NuisanceConfig | None = None, crop_range: tuple[int, int] | None = None, dim_weather: float = 0.0,
 ) -> tuple[DegradedImageDataset, DegradedImageDataset]:
     """Training and validation datasets over one decoded folder.
 
@@ -156,7 +156,8 @@ def split_datasets(
     different fixed seed (logged, since it measures fit more than generalization).
     """
     full = DegradedImageDataset(folder, specs, crop_size=crop_size, samples_per_epoch=samples_per_epoch,
-                                clean_fraction=clean_fraction, nuisance=nuisance, seed=seed)
+                                clean_fraction=clean_fraction, nuisance=nuisance, crop_range=crop_range,
+                                dim_weather=dim_weather, seed=seed)
     n = len(full.images)
     train, val = full, copy.copy(full)
     if n >= 5 and val_fraction > 0:

@@ -5,12 +5,13 @@ Core, not training code: loading a bundle builds these, so a camera that only re
 Nothing registers itself by import and there is no YAML.
 """
 
-from adsrt.arch.classifier import ClassifierConfig, DegradationClassifier, build_classifier
+from adsrt.arch.classifier import CONTEXT_PREFIXES, ClassifierConfig, DegradationClassifier, build_classifier
 from adsrt.arch.cost import ModelCost, count_params, model_cost
 from adsrt.arch.nafnet import BACKBONES, NAFNet, NAFNetConfig, build_backbone
 
 __all__ = [
     "BACKBONES",
+    "CONTEXT_PREFIXES",
     "ClassifierConfig",
     "DegradationClassifier",
     "ModelCost",

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from adsrt.arch.config import HeaderConfig, check_int, check_params, is_finite_number, short_repr
 from adsrt.errors import ConfigError, InputError
 
-__all__ = ["ClassifierConfig", "ConvReLU", "DegradationClassifier", "build_classifier"]
+__all__ = ["CONTEXT_PREFIXES", "ClassifierConfig", "ConvReLU", "DegradationClassifier", "build_classifier"]
 
 # Upper bounds of a ClassifierConfig. A bundle header is untrusted: the loader builds the classifier it
 # declares and the runtime runs it on every frame, so each number is bounded, far above the real ones
@@ -25,7 +25,8 @@ MAX_CONVS = 8  # 3x3 convolutions per stage
 MAX_WINDOW = 2048  # frame pixels of a view's side
 MAX_GRID = 16  # views per side of the lattice
 # Pixels of the views the classifier crops (window ** 2 each), resizes (input_size ** 2 each) and
-# convolves per frame: views (grid ** 2 with windows, else 1) times the larger side squared. Bounds the
+# convolves per frame: views (grid ** 2 with windows, else 1; twice that with a context trunk, whose
+# mosaic copies them) times the larger side squared. Bounds the
 # memory of the first frame (50 MB of float32 RGB; the first stage's activations stay under 1 GiB at
 # MAX_WIDTH): a 16 x 16 grid of 128 px views, 3 x 3 of 682 px, or one of 2048 px reach it; the presets
 # use 3 x 3 of 96 px (about 83k pixels).
@@ -33,6 +34,7 @@ MAX_VIEW_PIXELS = 2**22
 # The softmax temperature's range (calibration picks one of 1, 0.5, 0.25, 0.1): the runtime divides
 # float32 logits by it, and a tiny one (1e-300) overflows them to inf, so c becomes NaN at the first frame.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
+CONTEXT_PREFIXES = ("context_stages.", "context_head.")  # the context trunk's weight names
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class ClassifierConfig(HeaderConfig):
     convs: int = 1
     window: int = 0
     grid: int = 3
+    # Channels of the first stage of the context trunk; 0: none (bundles before it, and their header has no
+    # such key: see to_dict). The mean of the windows' logits cannot weigh them against each other: the
+    # sky windows of a backlit dusk scene look clean, and so do the flat parts of a rainy street. The
+    # context trunk sees the windows together in their places (see the class) and adds its logits to the
+    # windows' (adsrt.train.context trains it on whole frames, the windows frozen).
+    context_width: int = 0
     # Softmax temperature the runtime applies by default: c = softmax(logits / T)[:k]. Calibrated after
     # training (adsrt.train.calibrate): a soft c blends in the other degradations' deltas, which costs more
     # than the right delta gains (haze on the default model); T < 1 sharpens it.
@@ -69,9 +77,12 @@ class ClassifierConfig(HeaderConfig):
         check_int("convs", self.convs, 1, MAX_CONVS)
         check_int("window", self.window, 0, MAX_WINDOW)
         check_int("grid", self.grid, 1, MAX_GRID)
+        check_int("context_width", self.context_width, 0, MAX_WIDTH)
+        if self.context_width and not self.window:
+            raise ConfigError("a context trunk needs a classifier with windows (window > 0)")
         # Each stage halves the resolution; the last stage must still see at least one pixel.
         check_int("input_size", self.input_size, 2**self.depth, MAX_INPUT_SIZE)
-        views = self.grid**2 if self.window else 1
+        views = (self.grid**2 if self.window else 1) * (2 if self.context_width else 1)
         side = max(self.window, self.input_size)
         if views * side**2 > MAX_VIEW_PIXELS:
             raise ConfigError(
@@ -81,16 +92,29 @@ class ClassifierConfig(HeaderConfig):
             )
         check_params("the classifier", self.num_params())
 
+    def to_dict(self) -> dict:
+        # Without a context trunk the header is the one written before the field existed, so the bundle
+        # digest (exported graphs and engines are keyed on it) and older adsrt versions are unaffected.
+        d = super().to_dict()
+        if not self.context_width:
+            del d["context_width"]
+        return d
+
     def num_params(self) -> int:
         """Parameters of :class:`DegradationClassifier` with this config, computed without building it;
         equals ``count_params(DegradationClassifier(config))``."""
-        n, c_in = 0, 3
-        for i in range(self.depth):
-            c_out = self.width * 2**i
-            n += c_in * c_out * 9 + c_out  # the strided 3x3 conv
-            n += (self.convs - 1) * (c_out * c_out * 9 + c_out)  # the unstrided ones
-            c_in = c_out
-        return n + c_in * self.num_classes + self.num_classes  # head
+        n = 0
+        for width in (self.width, self.context_width):
+            if width == 0:
+                continue
+            c_in = 3
+            for i in range(self.depth):
+                c_out = width * 2**i
+                n += c_in * c_out * 9 + c_out  # the strided 3x3 conv
+                n += (self.convs - 1) * (c_out * c_out * 9 + c_out)  # the unstrided ones
+                c_in = c_out
+            n += c_in * self.num_classes + self.num_classes  # its head
+        return n
 
 
 class ConvReLU(nn.Module):
@@ -129,19 +153,22 @@ class DegradationClassifier(nn.Module):
     included), and the logits are the head of their mean feature, i.e. the mean of their logits. A
     frame no larger than the window (every training crop) is one view, as before; cost is at most
     ``grid**2`` small views whatever the frame size.
+
+    Context (``context_width`` > 0): a second trunk of the same shape, ``context_width`` channels wide,
+    sees the windows together, in their places in the frame: the ``grid`` x ``grid`` mosaic of the views,
+    box-filtered by ``grid`` (a 3 x 3 grid of 96 px windows: one 96 px picture), and its head's logits are
+    added to the windows'. It sees the layout (a bright sky over a dark street) at the same scale whatever
+    the frame size, from exactly what the windows see, so the runtime's mosaic of a frame too large to
+    decode (:func:`adsrt.runtime.tiling.window_mosaic`) still gives the frame's logits. It runs on every
+    input, a single window included (trained on frames and single windows alike: adsrt.train.context).
     """
 
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        stages = []
-        c_in = 3
-        for i in range(config.depth):
-            c_out = config.width * 2**i
-            stages.append(ConvReLU(c_in, c_out, config.convs))
-            c_in = c_out
-        self.stages = nn.Sequential(*stages)
-        self.head = nn.Linear(c_in, config.num_classes)
+        self.stages, self.head = _trunk(config, config.width)
+        if config.context_width:
+            self.context_stages, self.context_head = _trunk(config, config.context_width)
         # True: no shape-dependent branch in views() (the exporter sets it; see views()).
         self.always_grid = False
 
@@ -151,10 +178,45 @@ class DegradationClassifier(nn.Module):
                 f"DegradationClassifier expects a [B, 3, H, W] tensor, got shape {tuple(x.shape)}"
             )
         views, n = self.views(x)
+        logits = self._window_head(views, n, x.shape[0])
+        if self.config.context_width:
+            logits = logits + self.context_logits(self._context_view(views, n, x.shape[0]))
+        return logits
+
+    def to_input_size(self, x: Tensor) -> Tensor:
+        """``x`` resized to ``input_size`` squared, as every view is (bilinear, no antialias: see the class)."""
         s = self.config.input_size
-        views = F.interpolate(views, size=(s, s), mode="bilinear", align_corners=False)
-        features = self.stages(views).mean((2, 3))
-        return self.head(features.reshape(n, x.shape[0], -1).mean(0))
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+
+    def _window_head(self, views: Tensor, n: int, batch: int) -> Tensor:
+        features = self.stages(self.to_input_size(views)).mean((2, 3))
+        return self.head(features.reshape(n, batch, -1).mean(0))
+
+    def _context_view(self, views: Tensor, n: int, batch: int) -> Tensor:
+        """The windows in their places, ``grid`` x ``grid`` side by side, box-filtered by ``grid`` and resized
+        to ``input_size``. One view (a frame no larger than a window) is repeated ``grid`` x ``grid`` times,
+        as the exported graph's identical views are, so every backend computes the same thing."""
+        g = self.config.grid
+        if n == 1:
+            mosaic = views.repeat(1, 1, g, g)
+        else:
+            h, w = views.shape[-2:]
+            mosaic = views.reshape(g, g, batch, 3, h, w).permute(2, 3, 0, 4, 1, 5).reshape(batch, 3, g * h, g * w)
+        return self.to_input_size(F.avg_pool2d(mosaic, g) if g > 1 else mosaic)
+
+    def window_logits(self, x: Tensor) -> Tensor:
+        """The windows' part of the logits ``[B, num_classes]``: the head of their mean feature."""
+        views, n = self.views(x)
+        return self._window_head(views, n, x.shape[0])
+
+    def context_input(self, x: Tensor) -> Tensor:
+        """What the context trunk sees of frames ``x``: ``[B, 3, input_size, input_size]`` (see the class)."""
+        views, n = self.views(x)
+        return self._context_view(views, n, x.shape[0])
+
+    def context_logits(self, view: Tensor) -> Tensor:
+        """The context trunk's logits ``[B, num_classes]`` of a :meth:`context_input` view."""
+        return self.context_head(self.context_stages(view).mean((2, 3)))
 
     def views(self, x: Tensor) -> tuple[Tensor, int]:
         """The windows the frame is classified on, stacked view-major: ``([n * B, 3, h, w], n)``.
@@ -179,6 +241,16 @@ class DegradationClassifier(nn.Module):
 
         crops = [x[:, :, y : y + h, x0 : x0 + w] for y in starts(height, h) for x0 in starts(width, w)]
         return torch.cat(crops, 0), len(crops)
+
+
+def _trunk(config: ClassifierConfig, width: int) -> tuple[nn.Sequential, nn.Linear]:
+    """``depth`` stages doubling ``width`` from RGB, and a linear head on their last width."""
+    stages, c_in = [], 3
+    for i in range(config.depth):
+        c_out = width * 2**i
+        stages.append(ConvReLU(c_in, c_out, config.convs))
+        c_in = c_out
+    return nn.Sequential(*stages), nn.Linear(c_in, config.num_classes)
 
 
 def build_classifier(config: ClassifierConfig) -> DegradationClassifier:

@@ -246,6 +246,7 @@ def costs(bundle: Bundle, device: torch.device) -> dict[str, Any]:
         "eligible_units": s.eligible_units,
         "um_gmacs": um.gmacs,
         "classifier_gmacs": None if dc is None else dc.gmacs,
+        "classifier_context_width": 0 if bundle.classifier is None else bundle.classifier.context_width,
     }
 
 
@@ -484,7 +485,8 @@ def markdown(data: dict[str, Any], meta: dict[str, Any]) -> str:
               "| part | parameters | GMACs per frame | note |", "|---|---|---|---|",
               f"| UM | {cost['um_params']:,} | {cost['um_gmacs']:.2f} | the unified model |",
               f"| ADS deltas (all {k}) | {deltas:,} | - | {per}; values only, plus one index per masked unit |",
-              f"| classifier | {cost['classifier_params']:,} | {_fmt(dc_g, 3)} | windows at its training scale |",
+              f"| classifier | {cost['classifier_params']:,} | {_fmt(dc_g, 3)} | windows at its training scale"
+              f"{' and a context trunk on their mosaic' if cost.get('classifier_context_width') else ''} |",
               f"| ADS in all (UM + deltas + classifier) | {params['ads']:,} | "
               f"{_fmt(None if dc_g is None else cost['um_gmacs'] + dc_g)} | "
               f"+{(params['ads'] - cost['um_params']) / cost['um_params']:.1%} parameters over the UM; "

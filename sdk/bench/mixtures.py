@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from adsrt.bench.timing import Machine, comma_list, torch_threads
+from adsrt.bench.timing import Machine, add_eval_options, comma_list, torch_threads
 from adsrt.fileio import upsert_csv
 from adsrt.runtime.restorer import resolve_bundle
 from adsrt.train.degradations import parse_specs
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
     p.add_argument("--bundle", default="default", help="bundle file or bundled model name (default: default)")
     p.add_argument("--targets", metavar="WORK", help="training work folder: the component IMs (im_best)")
     p.add_argument("--pairs", type=comma_list, default=PAIRS, help=f"comma-separated a+b (default {','.join(PAIRS)})")
-    p.add_argument("--max-images", type=int, help="evaluation images (default all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (default 2)")
-    p.add_argument("--results", type=Path, default=default_results, help="folder of mixtures.csv (default benchmarks/results)")
-    p.add_argument("-q", "--quiet", action="store_true")
+    add_eval_options(p, default_results, "mixtures.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     pairs = tuple(dict.fromkeys(args.pairs))

@@ -159,6 +159,17 @@ def percentiles(samples: Sequence[float] | np.ndarray, q: Sequence[float] = (20,
     return tuple(float(v) for v in np.percentile(np.asarray(samples, dtype=np.float64), q))
 
 
+def add_eval_options(p: argparse.ArgumentParser, results: Path, csv_name: str) -> None:
+    """The options of the benchmarks that score a bundle on evaluation photos: --max-images, --seed,
+    --device, --threads, --results (the folder of ``csv_name``, default ``results``) and -q."""
+    p.add_argument("--max-images", type=int, help="evaluation images (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--threads", type=int, default=2, help="torch threads on the CPU (default 2)")
+    p.add_argument("--results", type=Path, default=results, help=f"folder of {csv_name} (default benchmarks/results)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+
 def comma_list(text: str) -> tuple[str, ...]:
     """``"a, b,,c"`` -> ``("a", "b", "c")`` (list options of the CLI and the scripts)."""
     return tuple(t.strip() for t in text.split(",") if t.strip())

@@ -156,10 +156,29 @@ def cmd_classifier(args: argparse.Namespace) -> int:
 
     kw = _given(args, ("degradations", "input_size", "width", "depth", "convs", "crop_size", "steps", "batch_size",
                        "lr", "clean_fraction", "val_samples", "ckpt_every", "log_every", "workers", "seed", "threads",
-                       "resume", "device", "nuisance"))
+                       "resume", "device", "nuisance", "dim_weather"))
     report = train_classifier(ClassifierTrainConfig(data=args.data, out=args.out, progress=not args.quiet, **kw))
     print(f"held-out accuracy {report['accuracy']:.3f} on {report['n']} crops")
     print(format_confusion(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    from adsrt.fileio import write_json
+    from adsrt.train.context import ContextTrainConfig, train_context
+
+    kw = _given(args, ("context_width", "frames", "window_share", "steps", "batch_size", "lr", "val_frames",
+                       "ckpt_every", "log_every", "workers", "seed", "threads", "resume", "device", "nuisance",
+                       "dim_weather"))
+    report = train_context(ContextTrainConfig(data=args.data, classifier=args.classifier, out=args.out,
+                                              progress=not args.quiet, **kw))
+    for part in ("frames", "windows"):
+        if part in report:
+            r = report[part]
+            print(f"held-out {part}: accuracy {r['windows_only']['accuracy']:.3f} windows only, "
+                  f"{r['with_context']['accuracy']:.3f} with context ({r['with_context']['n']} samples)")
     if args.json:
         write_json(args.json, report)
     return 0
@@ -276,7 +295,7 @@ def cmd_train_status(args: argparse.Namespace) -> int:
 
 
 def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``adsrt train {um,target,select,deltas,classifier,calibrate,status,split,all,add}`` and ``adsrt eval``."""
+    """Register ``adsrt train {um,target,select,deltas,classifier,context,calibrate,status,split,all,add}`` and ``adsrt eval``."""
     add_eval_command(subparsers)
     train = subparsers.add_parser("train", help="train the UM, targets, masks, deltas, classifier, or all into a bundle")
     sub = train.add_subparsers(dest="stage", metavar="STAGE", required=True)
@@ -336,11 +355,27 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     _options(p, float, "--lr", "--clean-fraction")
     p.add_argument("--no-nuisance", dest="nuisance", action="store_false", default=None,
                    help="train on the degradations alone, without camera processing on every sample")
+    p.add_argument("--dim-weather", type=float, help="share of rain and snow samples at dusk or night (default 0.3)")
     _options(p, int, "--val-samples", "--ckpt-every", "--log-every", "--workers", "--seed", "--threads")
     _options(p, str, "--device")
     _add_no_resume(p, "OUT/checkpoint.safetensors")
     p.add_argument("--json", metavar="FILE", help="also write the report (accuracy, confusion matrix) here")
     p.set_defaults(func=cmd_classifier)
+
+    p = sub.add_parser("context", help="train the classifier's context trunk on whole frames (windows frozen)")
+    p.add_argument("--data", required=True, metavar="DIR", help="clean training photos (never the evaluation set)")
+    p.add_argument("--classifier", required=True, metavar="FILE",
+                   help="the window classifier's model.safetensors (adsrt train classifier)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    _options(p, int, "--context-width", "--frames", "--steps", "--batch-size", "--val-frames")
+    _options(p, float, "--lr", "--window-share", "--dim-weather")
+    p.add_argument("--no-nuisance", dest="nuisance", action="store_false", default=None,
+                   help="frames without camera processing (as the window classifier's --no-nuisance)")
+    _options(p, int, "--ckpt-every", "--log-every", "--workers", "--seed", "--threads")
+    _options(p, str, "--device")
+    _add_no_resume(p, "OUT/checkpoint.safetensors")
+    p.add_argument("--json", metavar="FILE", help="also write the report here")
+    p.set_defaults(func=cmd_context)
 
     p = sub.add_parser("calibrate", help="set the classifier's softmax temperature from training photos")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle file (rewritten unless --out) or bundled model name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -318,6 +319,56 @@ def test_classifier_stages_with_a_second_conv() -> None:
         torch.testing.assert_close(two(x), expected, atol=1e-6, rtol=1e-5)
     with pytest.raises(ConfigError, match="convs"):
         ClassifierConfig(num_classes=3, input_size=16, depth=2, convs=0)
+
+
+def test_classifier_context_trunk_adds_logits_of_the_window_mosaic() -> None:
+    """context_width > 0: the logits are the windows' plus a second trunk's on the windows side by side in
+    their places, box-filtered by the grid and resized (plain torch ops as the reference); one window is
+    repeated grid x grid times, as the exported graph's identical views are. A header without the field
+    loads without a context, and a config without a context writes the header it always did."""
+    old = {"num_classes": 3, "input_size": 16, "width": 4, "depth": 2, "window": 24}
+    assert ClassifierConfig.from_dict(old).context_width == 0
+    assert "context_width" not in ClassifierConfig.from_dict(old).to_dict()  # bundle digests unchanged
+    torch.manual_seed(0)
+    cfg = ClassifierConfig(num_classes=3, input_size=16, width=4, depth=2, convs=2, window=24, grid=2,
+                           context_width=3)
+    assert ClassifierConfig.from_dict(cfg.to_dict()) == cfg
+    clf = build_classifier(cfg).eval()
+    sd = clf.state_dict()
+    assert count_params(clf) == cfg.num_params()
+    base = build_classifier(dataclasses.replace(cfg, context_width=0)).eval()
+    base.load_state_dict({n: v for n, v in sd.items() if not n.startswith("context_")})
+
+    def trunk(view):
+        h = view
+        for i in range(2):
+            h = F.relu(F.conv2d(h, sd[f"context_stages.{i}.conv.weight"], sd[f"context_stages.{i}.conv.bias"],
+                                stride=2, padding=1))
+            h = F.relu(F.conv2d(h, sd[f"context_stages.{i}.more.0.weight"], sd[f"context_stages.{i}.more.0.bias"],
+                                padding=1))
+        return F.linear(h.mean((2, 3)), sd["context_head.weight"], sd["context_head.bias"])
+
+    def thumb(mosaic):
+        return F.interpolate(F.avg_pool2d(mosaic, 2), size=(16, 16), mode="bilinear", align_corners=False)
+
+    frame = torch.rand(2, 3, 40, 50)
+    # 2 x 2 windows of 24 px start at 0 and 16 (rows), 0 and 26 (columns).
+    rows = [torch.cat([frame[:, :, y : y + 24, x : x + 24] for x in (0, 26)], 3) for y in (0, 16)]
+    mosaic = torch.cat(rows, 2)
+    window = frame[:, :, :24, :20]
+    with torch.no_grad():
+        torch.testing.assert_close(clf.context_input(frame), thumb(mosaic))
+        torch.testing.assert_close(clf(frame), base(frame) + trunk(thumb(mosaic)), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(clf(mosaic), clf(frame), atol=1e-6, rtol=1e-5)  # the runtime's window mosaic
+        torch.testing.assert_close(clf(window), base(window) + trunk(thumb(window.repeat(1, 1, 2, 2))),
+                                   atol=1e-6, rtol=1e-5)
+        clf.always_grid = True  # the exporter's path: identical views of a small frame, the same logits
+        torch.testing.assert_close(clf(window), base(window) + trunk(thumb(window.repeat(1, 1, 2, 2))),
+                                   atol=1e-6, rtol=1e-5)
+    with pytest.raises(ConfigError, match="context_width"):
+        ClassifierConfig(num_classes=3, input_size=16, depth=2, context_width=-1)
+    with pytest.raises(ConfigError, match="needs a classifier with windows"):
+        ClassifierConfig(num_classes=3, input_size=16, depth=2, context_width=4)
 
 
 def test_classifier_config_without_window_loads_as_whole_frame() -> None:

@@ -7,6 +7,7 @@ module and shared.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,7 +19,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from adsrt.ads import apply_ads
-from adsrt.arch import ClassifierConfig
+from adsrt.arch import CONTEXT_PREFIXES, ClassifierConfig
 from adsrt.bundle import save_bundle, synthetic_bundle
 from adsrt.cli import main
 from adsrt.errors import AdsrtError, OutputError
@@ -41,8 +42,8 @@ def _psnr(a, b, peak: float) -> float:
 
 
 def _bundle(granularity: str = "kernel", q: float = 0.05):
-    # Two convs per stage, as the default model's classifier has.
-    classifier = ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, convs=2, window=64)
+    # Two convs per stage and a context trunk, as the bundled presets' classifiers have.
+    classifier = ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, convs=2, window=64, context_width=3)
     return synthetic_bundle("nafnet-tiny", ("noise", "blur", "rain"), q=q, granularity=granularity, seed=1,
                             delta_scale=0.1, perturb_um=0.05, classifier=classifier)
 
@@ -187,9 +188,15 @@ def test_fused_graph_runs_the_classifier_inside(bundle, exported, images):
         assert _psnr(y, ref, 1.0) > 50
 
 
-def test_classifier_graph_matches_on_every_frame_size(bundle, exported, images):
-    """Frames below, at and above the 64 px window (the exported graph has no shape branch)."""
-    session = _session(exported("classifier").path)
+@pytest.mark.parametrize("context", [True, False])
+def test_classifier_graph_matches_on_every_frame_size(bundle, exported, images, context):
+    """Frames below, at and above the 64 px window (the exported graph has no shape branch), with and
+    without a context trunk."""
+    if not context:
+        bundle = dataclasses.replace(bundle, classifier=dataclasses.replace(bundle.classifier, context_width=0),
+                                     classifier_state={n: v for n, v in bundle.classifier_state.items()
+                                                       if not n.startswith(CONTEXT_PREFIXES)})
+    session = _session(exported("classifier", which=bundle).path)
     classifier = bundle.build_classifier()
     frames = [images[0], images[1], images[0][:64, :64], images[0][:40, :50], images[0][:64, :200]]
     for image in frames:

@@ -417,3 +417,27 @@ def test_local_mode_refusals(make_bundle, clean_photo):
         local.restore_with_map(clean_photo, CoefficientGrid.constant(np.array([0.5, 2.0, 0.0])))
     with pytest.raises(AdsrtError, match="CoefficientGrid"):
         local.restore_with_map(clean_photo, np.zeros((3, 1, 1)))
+
+
+def test_a_context_classifier_gives_the_same_probabilities_on_every_path(photo):
+    """classify() (the window mosaic, never the decoded frame), restore() whole and restore() tiled (the
+    mosaic again) agree for a classifier with a context trunk."""
+    from adsrt.arch import ClassifierConfig
+    from adsrt.bundle import synthetic_bundle
+
+    classifier = ClassifierConfig(num_classes=3, input_size=32, width=4, depth=2, window=48, context_width=3)
+    bundle = synthetic_bundle("nafnet-tiny", ("noise", "blur"), seed=2, classifier=classifier)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a context trunk that matters: not the zero head training starts from
+        for p in bundle.classifier_state.values():
+            p.copy_(torch.randn_like(p) * 0.3)
+    image = np.ascontiguousarray(photo[:150, :230])
+    whole = adsrt.load(bundle, backend="torch", device="cpu", memory_limit_mb=0)
+    classified = whole.classify(image)
+    whole.restore(image)
+    tiled = adsrt.load(bundle, backend="torch", device="cpu", tile=96, tile_overlap=24)
+    tiled.restore(image)
+    assert tiled.last.tiles > 1
+    for p in (whole.last.probabilities, tiled.last.probabilities):
+        assert p == pytest.approx(classified, abs=1e-5)
+    assert max(classified.values()) < 0.999  # not saturated: a wrong context would show

@@ -75,11 +75,14 @@ def test_a_non_finite_tile_is_reported():
     assert not bool(finite)
 
 
+@pytest.mark.parametrize("context_width", [0, 3])
 @pytest.mark.parametrize(("h", "w", "window", "grid"), [(321, 481, 96, 3), (481, 100, 96, 3), (50, 700, 64, 4),
                                                         (300, 300, 96, 1), (97, 1000, 96, 2)])
-def test_the_window_mosaic_gives_the_frames_logits(h, w, window, grid):
+def test_the_window_mosaic_gives_the_frames_logits(h, w, window, grid, context_width):
+    """With or without a context trunk (which sees the windows in their places, so their mosaic too)."""
     torch.manual_seed(0)
-    dc = build_classifier(ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=window, grid=grid))
+    dc = build_classifier(ClassifierConfig(num_classes=4, input_size=32, width=4, depth=2, window=window, grid=grid,
+                                           context_width=context_width))
     image = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
     mosaic = window_mosaic(image, window, grid)
     assert mosaic.shape[0] <= grid * window and mosaic.shape[1] <= grid * window

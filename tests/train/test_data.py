@@ -8,7 +8,7 @@ import torch
 
 from adsrt.errors import DataError
 from adsrt.imageio import write_image
-from adsrt.train.data import DegradedImageDataset, PairedImageDataset, find_pairs, to_tensor
+from adsrt.train.data import DegradedImageDataset, PairedImageDataset, dim_scene, find_pairs, to_tensor
 from adsrt.train.degradations import degrade
 
 
@@ -56,6 +56,47 @@ def test_clean_fraction_yields_clean_class(clean_dir):
     assert 5 < len(clean) < 35
     for s in clean:
         assert torch.equal(s["input"], s["target"]) and float(s["level"]) == 0.0
+
+
+def test_frames_of_drawn_sizes(clean_dir):
+    """crop_range: each side drawn in [lo, hi] and at most the photo's (the context trunk's frames)."""
+    ds = DegradedImageDataset(clean_dir, ["noise"], crop_size=32, samples_per_epoch=30, crop_range=(40, 120), seed=2)
+    assert [p.name for p in ds.paths] == ["a.png", "b.jpg", "small.bmp"]  # sample i is of photo i % 3
+    shapes = [tuple(ds[i]["input"].shape[1:]) for i in range(len(ds))]
+    assert len(set(shapes)) > 5
+    for i, (h, w) in enumerate(shapes):
+        if i % 3 == 2:  # small.bmp, 40 x 50: at most its sides
+            assert h == 40 and 40 <= w <= 50
+        else:  # 96 x 128 and 96 x 128
+            assert 40 <= h <= 96 and 40 <= w <= 120
+    with pytest.raises(DataError, match="crop_range"):
+        DegradedImageDataset(clean_dir, ["noise"], crop_range=(64, 32))
+
+
+def test_dim_weather_dims_rain_and_snow_only(clean_dir):
+    """dim_weather = 1: every rain and snow sample and its target are dim_scene of the daylight sample
+    (same draws before it); noise samples are untouched."""
+    day = DegradedImageDataset(clean_dir, ["rain", "snow", "noise"], crop_size=48, samples_per_epoch=24, seed=4)
+    dusk = DegradedImageDataset(clean_dir, ["rain", "snow", "noise"], crop_size=48, samples_per_epoch=24, seed=4,
+                                dim_weather=1.0)
+    dimmed = 0
+    for i in range(len(day)):
+        a, b = day[i], dusk[i]
+        if int(a["label"]) == 2:
+            assert torch.equal(a["input"], b["input"]) and torch.equal(a["target"], b["target"])
+            continue
+        dimmed += 1
+        assert float(b["input"].mean()) < 0.9 * float(a["input"].mean())
+        assert float(b["target"].mean()) < 0.9 * float(a["target"].mean())
+    assert dimmed > 5
+    # dim_scene itself: x ** gamma then the exposure, highlights kept above the mid-tones.
+    x = np.array([[[0, 128, 242]]], dtype=np.uint8)
+    y = dim_scene(x, 2.5, 1.0).astype(np.float64) / 255
+    expected = (x / 255.0) ** 2.5 * 2 ** (-1 / 2.2)
+    np.testing.assert_allclose(y, expected, atol=0.5 / 255)
+    assert y[0, 0, 2] > 0.6 and y[0, 0, 1] < 0.15
+    with pytest.raises(DataError, match="dim_weather"):
+        DegradedImageDataset(clean_dir, ["rain"], dim_weather=1.5)
 
 
 def test_bad_folders(tmp_path):

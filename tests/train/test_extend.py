@@ -23,10 +23,11 @@ def photos(photo_folder) -> Path:
     return photo_folder(80, 64)
 
 
-def _source_bundle(path: Path, *, with_classifier: bool = True) -> Path:
+def _source_bundle(path: Path, *, with_classifier: bool = True, context_width: int = 0) -> Path:
     """A tiny two-degradation bundle (noise, blur) with a windowed classifier and the provenance and metrics
     keys `train all` writes (its spec strings, selector, budget, per-degradation numbers)."""
-    classifier = ClassifierConfig(num_classes=3, input_size=32, width=4, depth=2, window=48, temperature=0.5)
+    classifier = ClassifierConfig(num_classes=3, input_size=32, width=4, depth=2, window=48, temperature=0.5,
+                                  context_width=context_width)
     bundle = synthetic_bundle("nafnet-tiny", ("noise", "blur"), q=0.03, seed=3, delta_scale=0.05, perturb_um=0.05,
                               classifier=classifier if with_classifier else None)
     bundle.provenance.update(degradations=["noise:25", "blur"], selector="faig", budget="params", preset="tiny")
@@ -193,6 +194,25 @@ def test_cli_refusal_is_one_line_and_exit_1(photos, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "already has the degradation 'blur'" in err and len(err.splitlines()) == 1
     assert _sha(source) == before and not (tmp_path / "new.safetensors").exists()
+
+
+def test_a_classifier_with_context_is_extended_with_a_new_context(photos, tmp_path):
+    """The windows are retrained warm-started from the bundle's (its context weights left out), then a
+    context trunk of the bundle's width is trained on them; the new bundle's classifier is that one."""
+    source = _source_bundle(tmp_path / "source.safetensors", context_width=2)
+    work, out = tmp_path / "work", tmp_path / "new.safetensors"
+    metrics = extend_bundle(ExtendConfig(bundle=str(source), degradation="rain", data=str(photos), work=str(work),
+                                         out=str(out), preset="tiny", compile=False, progress=False))
+    bundle = load_bundle(out)
+    assert bundle.classifier.context_width == 2 and bundle.classifier.num_classes == 4
+    assert "context" in metrics["added"]["seconds"]
+    init = load_file(str(work / "classifier" / "init.safetensors"))
+    assert init and not any(n.startswith("context_") for n in init)
+    from adsrt.train.classifier import load_classifier
+
+    _, windows, _ = load_classifier(work / "classifier" / "model.safetensors")
+    assert all(torch.equal(bundle.classifier_state[n], v) for n, v in windows.items())  # frozen under the context
+    assert json.loads((work / "context" / "report.json").read_text())["classes"] == ["noise", "blur", "rain", "clean"]
 
 
 def test_widen_classifier_state_moves_rows_and_draws_a_fresh_one():

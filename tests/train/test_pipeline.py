@@ -46,6 +46,16 @@ def test_train_all_tiny_end_to_end(photos, tmp_path, capsys):
     for d in bundle.degradations:
         assert summary.masked_units[d] == round(0.03 * summary.eligible_units)  # q of the eligible units
     assert "bundle ->" in capsys.readouterr().out
+    assert bundle.classifier.context_width == 2  # the tiny preset's context trunk, trained after the windows
+    assert bundle.metrics["classifier_frame_accuracy"] is not None
+
+    # A window classifier retrained under a finished context: refused, not shipped with the old windows.
+    from adsrt.train.checkpoint import load_weights, save_weights
+
+    state, header = load_weights(work / "classifier" / "model.safetensors")
+    save_weights(work / "classifier" / "model.safetensors", {n: v + 0.01 for n, v in state.items()}, header)
+    assert main(argv) == 1
+    assert "trained on another window classifier" in capsys.readouterr().err
 
 
 def test_classifier_stage_reports_accuracy_and_confusion(photos, tmp_path, capsys):

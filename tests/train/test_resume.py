@@ -25,7 +25,8 @@ from adsrt.train.status import work_status
 REPO = Path(__file__).resolve().parents[2]
 
 # ``adsrt`` with a test-only trap: the process signals itself at the N-th call of a loss function
-# (restoration_loss: the UM, targets, FAIG path points and delta refinement; cross_entropy: the classifier).
+# (restoration_loss: the UM, targets, FAIG path points and delta refinement; cross_entropy: the classifier
+# and its context trunk).
 # SIGKILL then dies mid-step, before that step's checkpoint; SIGTERM lets the step finish, checkpoint, stop.
 _DRIVER = '''
 import os, signal, sys
@@ -61,6 +62,7 @@ STOPS = [
     ("restoration", 5, "SIGKILL", "FAIG of noise, path point 2"),
     ("restoration", 5, "SIGTERM", "refinement of noise, then FAIG of blur: stops after a path point"),
     ("cross_entropy", 3, "SIGTERM", "classifier step 3"),
+    ("cross_entropy", 5, "SIGTERM", "classifier steps 4-6, then context step 2: checkpointed at step 2"),
 ]
 
 
@@ -103,7 +105,8 @@ def test_stopped_and_resumed_run_gives_the_same_bundle(photos, tmp_path):
         assert not (stopped / "model.safetensors").exists(), where
     stages = {s.stage: s for s in work_status(stopped / "work")}
     assert stages["um"].state == "done" and stages["target blur"].state == "done"
-    assert stages["classifier"].state == "partial" and stages["classifier"].step == 3
+    assert stages["classifier"].state == "done"
+    assert stages["context"].state == "partial" and stages["context"].step == 2
     assert stages["bundle"].state == "pending"
 
     done = subprocess.run([sys.executable, "-m", "adsrt", *_argv(photos, stopped)], cwd=REPO, capture_output=True,
@@ -122,7 +125,8 @@ def test_stopped_and_resumed_run_gives_the_same_bundle(photos, tmp_path):
     assert a_meta == b_meta
     # The curves continued in place and read as the uninterrupted run's: the same rows (the redone steps are
     # not repeated), the same losses and PSNRs; only the clock differs.
-    for log in ("um/log.csv", "targets/noise/log.csv", "targets/blur/log.csv", "classifier/log.csv"):
+    for log in ("um/log.csv", "targets/noise/log.csv", "targets/blur/log.csv", "classifier/log.csv",
+                "context/log.csv"):
         rows = [[_drop_seconds(r) for r in read_rows(root / "work" / log)] for root in (stopped, straight)]
         assert rows[0] == rows[1], log
     assert not list((stopped / "work").rglob("*.checkpoint.safetensors"))  # select/deltas clean up after themselves
@@ -134,7 +138,7 @@ def test_status_of_a_work_folder(photos, tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "status", str(root / "work"), "--json", str(tmp_path / "status.json")]) == 0
     out = capsys.readouterr().out
-    assert "done 9 of 9 stages" in out and "val PSNR" in out and "accuracy" in out
+    assert "done 10 of 10 stages" in out and "val PSNR" in out and "accuracy" in out
     rows = json.loads((tmp_path / "status.json").read_text())
     assert [r["stage"] for r in rows][:3] == ["um", "target noise", "target blur"]
     assert all(r["state"] == "done" for r in rows)
