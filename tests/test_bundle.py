@@ -237,7 +237,8 @@ HOSTILE = {
     "classifier window": (_classifier(window=10**9), "window"),
     "classifier context_width": (_classifier(context_width=10**6), "context_width"),
     # 100.6M parameters without the context trunk (within bounds), 201.2M with it.
-    "classifier context parameters": (_classifier(width=128, context_width=128, depth=6, input_size=128), "parameters"),
+    "classifier context parameters": (_classifier(width=128, context_width=128, depth=6, input_size=128, window=128),
+                                      "parameters"),
     "tiny temperature": (_classifier(temperature=1e-300), "temperature"),
     "bool temperature": (_classifier(temperature=True), "temperature"),
     "degradation int": (lambda h: h.update(degradations=[1, "blur", "rain"]), "degradations must be a list of names"),
