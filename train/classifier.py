@@ -209,13 +209,17 @@ def evaluate_classifier(model: DegradationClassifier, batches: list[dict[str, to
     model.eval()
     true = torch.cat([b["label"] for b in batches])
     probs = torch.cat([torch.softmax(model(b["input"].to(device)), 1).cpu() for b in batches])
-    pred = probs.argmax(1)
     classes = [*names, "clean"]
+    return {**classification_scores(probs, true, classes), "classes": classes}
+
+
+def classification_scores(probs: torch.Tensor, true: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, n, confusion matrix, per-class accuracy and ECE of class probabilities ``[n, k]``."""
+    pred = probs.argmax(1)
     cm = confusion_matrix(true, pred, len(classes))
     per_class = {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None) for i, c in enumerate(classes)}
-    return {"accuracy": float((true == pred).float().mean()), "n": len(true), "classes": classes,
-            "confusion": cm.tolist(), "per_class_accuracy": per_class,
-            "ece": expected_calibration_error(probs, true)}
+    return {"accuracy": float((true == pred).float().mean()), "n": len(true), "confusion": cm.tolist(),
+            "per_class_accuracy": per_class, "ece": expected_calibration_error(probs, true)}
 
 
 def expected_calibration_error(probs: torch.Tensor, true: torch.Tensor, bins: int = 10) -> float:

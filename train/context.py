@@ -47,7 +47,7 @@ from adsrt.train import distributed
 from adsrt.train.batches import ignore_sigterm
 from adsrt.train.camera import NuisanceConfig
 from adsrt.train.checkpoint import load_run_checkpoint, load_weights, save_checkpoint, save_weights
-from adsrt.train.classifier import confusion_matrix, expected_calibration_error, load_classifier
+from adsrt.train.classifier import classification_scores, load_classifier
 from adsrt.train.compute import plan_compute
 from adsrt.train.data import DegradedImageDataset, folder_images
 from adsrt.train.degradations import DegradationSpec, generator_digest
@@ -159,15 +159,6 @@ def _pool(path: Path, key: dict[str, Any], make) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _scores(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    pred = probs.argmax(1)
-    cm = confusion_matrix(labels, pred, len(classes))
-    return {"accuracy": float((pred == labels).float().mean()), "n": len(labels),
-            "per_class_accuracy": {c: (float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None)
-                                   for i, c in enumerate(classes)},
-            "confusion": cm.tolist(), "ece": expected_calibration_error(probs, labels)}
-
-
 @torch.no_grad()
 def _evaluate(model: torch.nn.Module, pool: dict[str, torch.Tensor], windows_from: int, classes: list[str],
               device: torch.device) -> dict[str, Any]:
@@ -179,8 +170,8 @@ def _evaluate(model: torch.nn.Module, pool: dict[str, torch.Tensor], windows_fro
         logits, labels = pool["logits"][sl], pool["labels"][sl]
         if len(labels) == 0:
             continue
-        report[part] = {"windows_only": _scores(torch.softmax(logits, 1), labels, classes),
-                        "with_context": _scores(torch.softmax(logits + context[sl], 1), labels, classes)}
+        report[part] = {"windows_only": classification_scores(torch.softmax(logits, 1), labels, classes),
+                        "with_context": classification_scores(torch.softmax(logits + context[sl], 1), labels, classes)}
     return report
 
 
