@@ -13,6 +13,12 @@ top-1 share of it and the mean probability of it; on CBSD68 at the typical level
 degradation, their mean, and the share of clean photos called clean. Top-1 does not depend on the softmax
 temperature (the bundle's is kept). Upserts one row per classifier into ``results/classifier.csv`` (keyed by
 bundle and label, with the device, versions and date) and prints a markdown table.
+
+With ``--exposure-reference DIR`` (clean photos: the training folder, never the evaluation or real sets),
+the real low-light photos are also scored in two parts: the ones darker than 90% of the reference photos
+(median luma below the reference's 10th percentile) and the rest. DICM is an exposure-enhancement set and
+about half of it is exposed like any daylight photo; a classifier that calls those "lowlight" would call
+clean photos lowlight too, so the dark part is where recognising low light can be asked of it.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from adsrt.bench.default_report import classify_cases, classify_real, eval_specs
+from adsrt.bench.default_report import classify_cases, classify_real, eval_specs, median_luma
 from adsrt.bench.timing import Machine, add_eval_options, torch_threads
 from adsrt.bundle import Bundle
 from adsrt.errors import AdsrtError
 from adsrt.fileio import upsert_csv
+from adsrt.imageio import list_images, read_image
 from adsrt.runtime.restorer import resolve_bundle
 from adsrt.train.classifier import load_classifier
 from adsrt.train.evaluate import CLEAN_SPEC, synthetic_cases
@@ -39,9 +47,19 @@ REAL = ("rain", "lowlight")
 SYNTHETIC = ("noise", "blur", "rain", "haze", "snow", "lowlight")
 COLUMNS = ("label", "classifier", "params", "context_width",
            *[f"real_{d}_{m}" for d in REAL for m in ("top1", "mean_p", "n")],
+           *[f"real_lowlight_{part}_{m}" for part in ("dark", "bright") for m in ("top1", "n")], "dark_luma",
            *[f"cbsd68_{d}" for d in SYNTHETIC], "cbsd68_mean", "clean_called_clean", "n_eval",
            "bundle", "seed", "date", "device", "cpu", "threads", "torch")
 KEY = ("bundle", "label")
+DARK_PERCENTILE = 10  # a real low-light photo is "dark" if darker than 90% of the clean reference photos
+
+
+def dark_luma(reference: str | Path) -> float:
+    """The median luma below which a photo is darker than 90% of the clean photos in ``reference``."""
+    paths = list_images(reference)
+    if not paths:
+        raise AdsrtError(f"{reference}: no images for the exposure reference")
+    return float(np.percentile([median_luma(read_image(p)) for p in paths], DARK_PERCENTILE))
 
 
 def swap_classifier(bundle: Bundle, path: str | Path) -> Bundle:
@@ -55,8 +73,9 @@ def swap_classifier(bundle: Bundle, path: str | Path) -> Bundle:
                                classifier_state=state)
 
 
-def score(bundle: Bundle, cases: list, real: str | None, device: torch.device, progress: bool) -> dict[str, Any]:
-    """The row's numbers for one classifier (see the module doc)."""
+def score(bundle: Bundle, cases: list, real: str | None, device: torch.device, progress: bool,
+          dark: float | None = None) -> dict[str, Any]:
+    """The row's numbers for one classifier (see the module doc); ``dark``: the luma of the exposure split."""
     row: dict[str, Any] = {"params": bundle.classifier.num_params(), "context_width": bundle.classifier.context_width}
     if real:
         folders = classify_real(bundle, real, device, progress=progress)["folders"]
@@ -65,6 +84,14 @@ def score(bundle: Bundle, cases: list, real: str | None, device: torch.device, p
                 f = folders[d]
                 row.update({f"real_{d}_top1": f"{f['hit_share']:.4f}", f"real_{d}_mean_p": f"{f['mean_probability']:.4f}",
                             f"real_{d}_n": f["n"]})
+        if dark is not None and "lowlight" in folders:
+            f = folders["lowlight"]
+            row["dark_luma"] = f"{dark:.4f}"
+            for part, keep in (("dark", lambda v: v < dark), ("bright", lambda v: v >= dark)):
+                hits = [t == "lowlight" for t, v in zip(f["top"], f["median_luma"], strict=True) if keep(v)]
+                row[f"real_lowlight_{part}_n"] = len(hits)
+                if hits:
+                    row[f"real_lowlight_{part}_top1"] = f"{np.mean(hits):.4f}"
     rows = classify_cases(bundle, cases, device, progress=progress)["rows"]
     shares = {t: r["shares"].get(t, 0.0) for t, r in rows.items()}
     degraded = [d for d in SYNTHETIC if d in shares and d in bundle.degradations]
@@ -87,8 +114,9 @@ def _classifier_arg(text: str) -> tuple[str, str]:
 
 def markdown(rows: list[dict[str, Any]], title: str) -> str:
     lines = [title, "", "| classifier | params | real rain top-1 (mean p) | real low light top-1 (mean p) | "
+             "dark / bright low light top-1 | "
              + " | ".join(f"CBSD68 {d}" for d in SYNTHETIC) + " | CBSD68 mean | clean called clean |",
-             "|---|---|---|---|" + "---|" * (len(SYNTHETIC) + 2)]
+             "|---|---|---|---|---|" + "---|" * (len(SYNTHETIC) + 2)]
 
     def pct(v: Any) -> str:
         return f"{float(v):.1%}" if v not in (None, "") else "-"
@@ -96,7 +124,9 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     for r in rows:
         real = [f"{pct(r.get(f'real_{d}_top1'))} ({float(r[f'real_{d}_mean_p']):.2f})" if r.get(f"real_{d}_top1")
                 else "-" for d in REAL]
-        lines.append(f"| {r['label']} | {int(r['params']):,} | {real[0]} | {real[1]} | "
+        parts = " / ".join(f"{pct(r.get(f'real_lowlight_{part}_top1'))} of {r.get(f'real_lowlight_{part}_n') or 0}"
+                           for part in ("dark", "bright")) if r.get("dark_luma") else "-"
+        lines.append(f"| {r['label']} | {int(r['params']):,} | {real[0]} | {real[1]} | {parts} | "
                      + " | ".join(pct(r.get(f"cbsd68_{d}")) for d in SYNTHETIC)
                      + f" | {pct(r.get('cbsd68_mean'))} | {pct(r.get('clean_called_clean'))} |")
     return "\n".join(lines)
@@ -109,6 +139,8 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
                    help="another classifier of the bundle's classes, swapped in (repeatable)")
     p.add_argument("--eval", required=True, metavar="DIR", help="clean evaluation photos (CBSD68)")
     p.add_argument("--real", metavar="DIR", help="real photos in subfolders named after degradations")
+    p.add_argument("--exposure-reference", metavar="DIR",
+                   help="clean training photos: split the real low-light photos into dark ones and the rest")
     add_eval_options(p, default_results, "classifier.csv")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -119,12 +151,13 @@ def main(argv: list[str] | None = None, *, default_results: Path) -> int:
     specs = [spec for _, _, spec in eval_specs(bundle.degradations)] + [CLEAN_SPEC]
     cases = synthetic_cases(args.eval, specs, seed=args.seed, max_images=args.max_images)
     device = torch.device(args.device)
+    dark = dark_luma(args.exposure_reference) if args.exposure_reference and args.real else None
     rows = []
     with torch_threads(args.threads if device.type == "cpu" else None):
         machine = Machine.detect(device)
         for name, path, variant in variants:
             rows.append({"label": name, "classifier": path, "bundle": args.bundle, "seed": str(args.seed),
-                         **score(variant, cases, args.real, device, not args.quiet), **machine.row(COLUMNS)})
+                         **score(variant, cases, args.real, device, not args.quiet, dark), **machine.row(COLUMNS)})
     csv_path = args.results / "classifier.csv"
     upsert_csv(csv_path, rows, key=KEY, columns=COLUMNS)
     title = (f"Classifiers of {label}: real photos ({args.real}) and {Path(args.eval).name} at the typical levels, "

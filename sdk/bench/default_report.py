@@ -58,6 +58,7 @@ from adsrt.bundle import Bundle, summarize
 from adsrt.errors import AdsrtError
 from adsrt.fileio import atomic_write_bytes, upsert_csv, write_json
 from adsrt.imageio import list_images, read_image
+from adsrt.metrics import rgb_to_y
 from adsrt.runtime.backends import resolve_device
 from adsrt.runtime.restorer import CLEAN, Restorer, RestorerConfig, resolve_bundle
 from adsrt.train.degradations import LEVELS, generator_digest
@@ -199,6 +200,12 @@ def real_folders(real_dir: str | Path, degradations: Sequence[str]) -> tuple[dic
     return keep, skipped
 
 
+def median_luma(image: np.ndarray) -> float:
+    """The median BT.601 luma of an RGB uint8 image, in [0, 1] (studio range, :func:`adsrt.metrics.rgb_to_y`):
+    how dark a photo is, for splitting real low-light photos into dark ones and ones exposed like any photo."""
+    return float(np.median(rgb_to_y(image, 255.0))) / 255.0
+
+
 def classify_real(bundle: Bundle, real_dir: str | Path, device: torch.device, max_images: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Per known subfolder: n, share classified as its degradation, mean probability of it, top guesses."""
@@ -213,8 +220,12 @@ def classify_real(bundle: Bundle, real_dir: str | Path, device: torch.device, ma
         if not paths:
             log.warning("real photos: %s/ holds no images", name)
             continue
-        probs = np.stack([classify(restorer, read_image(p))
-                          for p in tqdm(paths, desc=f"real {name}", unit="img", disable=not progress)])
+        probs, lumas = [], []
+        for path in tqdm(paths, desc=f"real {name}", unit="img", disable=not progress):
+            image = read_image(path)
+            probs.append(classify(restorer, image))
+            lumas.append(median_luma(image))
+        probs = np.stack(probs)
         top = [classes[i] for i in probs.argmax(1)]
         index = classes.index(name)
         out[name] = {
@@ -223,6 +234,8 @@ def classify_real(bundle: Bundle, real_dir: str | Path, device: torch.device, ma
             "mean_probability": float(probs[:, index].mean()),
             "probability_quartiles": np.percentile(probs[:, index], [25, 50, 75]).round(4).tolist(),
             "probabilities": probs[:, index].round(4).tolist(),  # per photo, by name: the histogram
+            "top": top,  # per photo, by name
+            "median_luma": np.round(lumas, 4).tolist(),  # per photo: how dark it is (the exposure split)
             "top_guesses": {c: int(sum(t == c for t in top)) for c in classes},
             "mean_probabilities": dict(zip(classes, probs.mean(0).round(4).tolist(), strict=True)),
         }

@@ -63,3 +63,33 @@ def test_a_classifier_of_other_classes_is_refused(tmp_path):
                                                 "classes": ["noise", "blur", "clean"]})
     with pytest.raises(AdsrtError, match="not the bundle's"):
         swap_classifier(bundle, dc)
+
+
+def test_the_exposure_split_scores_dark_and_bright_low_light_photos_apart(photo_folder, tmp_path):
+    from adsrt.imageio import write_image
+    from adsrt.metrics import rgb_to_y
+
+    clean = photo_folder(96, 72)
+    low = tmp_path / "real" / "lowlight"
+    low.mkdir(parents=True)
+    photos = list_images(clean)
+    for i, p in enumerate(photos):  # half of them three stops darker, half as they are
+        image = read_image(p)
+        write_image(low / f"{i}.png", (image // 8).astype(np.uint8) if i % 2 == 0 else image)
+    classifier = ClassifierConfig(num_classes=3, input_size=32, width=4, depth=2, window=48)
+    bundle = synthetic_bundle("nafnet-tiny", ("noise", "lowlight"), seed=3, classifier=classifier)
+    path = save_bundle(bundle, tmp_path / "b.safetensors")
+    argv = ["--bundle", str(path), "--eval", str(clean), "--real", str(tmp_path / "real"),
+            "--exposure-reference", str(clean), "--results", str(tmp_path), "-q"]
+    assert main(argv, default_results=tmp_path) == 0
+    row = next(csv.DictReader((tmp_path / "classifier.csv").open()))
+    reference = [np.median(rgb_to_y(read_image(p), 255.0)) / 255.0 for p in photos]
+    assert float(row["dark_luma"]) == pytest.approx(np.percentile(reference, 10), abs=1e-4)
+    restorer = Restorer(bundle, RestorerConfig(backend="torch", device="cpu", memory_limit_mb=0))
+    lumas = {p: np.median(rgb_to_y(read_image(p), 255.0)) / 255.0 for p in list_images(low)}
+    dark = [p for p, v in lumas.items() if v < float(row["dark_luma"])]
+    assert len(dark) == int(row["real_lowlight_dark_n"])
+    assert {low / f"{i}.png" for i in range(0, len(photos), 2)} <= set(dark)  # every darkened photo
+    assert int(row["real_lowlight_bright_n"]) == len(photos) - len(dark)
+    hits = [max(probs, key=probs.get) == "lowlight" for probs in (restorer.classify(read_image(p)) for p in dark)]
+    assert float(row["real_lowlight_dark_top1"]) == pytest.approx(np.mean(hits), abs=1e-4)
