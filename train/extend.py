@@ -76,6 +76,7 @@ from adsrt.train.pipeline import (
     deltas_stage,
     load_stage_deltas,
     restorer_stage_kwargs,
+    run_loss,
     select_stage,
     stage_tag,
 )
@@ -292,7 +293,7 @@ def extend_bundle(cfg: ExtendConfig) -> dict[str, Any]:
                      device=cfg.device)
         timings.run("select", select_stage, p, spec, selector=plan.selector, q=source.q, granularity=source.granularity,
                     budget=plan.budget, **where)
-        timings.run("deltas", deltas_stage, p, spec, refine_steps=refine, **where)
+        timings.run("deltas", deltas_stage, p, spec, refine_steps=refine, loss=run_loss(p, cfg), **where)
         timings.run("classifier", _classifier_stage, cfg, plan, work)
         if plan.context_width:
             timings.run("context", context_stage, p, work, plan.context_width, data=cfg.data, seed=cfg.seed,
@@ -301,7 +302,9 @@ def extend_bundle(cfg: ExtendConfig) -> dict[str, Any]:
         start = time.monotonic()
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         temperature, table = run_calibrate(CalibrateConfig(bundle=str(work / "bundle.safetensors"), data=cfg.data,
-                                                           out=cfg.out, images=p.calib_images, seed=cfg.seed,
+                                                           out=cfg.out, images=p.calib_images,
+                                                           prior_frames=p.calib_prior_frames,
+                                                           dim_weather=p.dc_dim_weather, seed=cfg.seed,
                                                            progress=cfg.progress))
         metrics["added"]["seconds"]["calibrate"] = round(time.monotonic() - start, 2)
         metrics = {**metrics, "temperature_calibration": {"psnr": table, "temperature": temperature}}

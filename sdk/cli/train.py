@@ -188,8 +188,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     from adsrt.train import distributed
     from adsrt.train.pipeline import PipelineConfig, train_all
 
-    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "seed", "device",
-                       "threads", *_COMPUTE_FLAGS))
+    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "loss", "seed",
+                       "device", "threads", *_COMPUTE_FLAGS))
     try:
         metrics = train_all(PipelineConfig(data=args.data, out=args.out, work=args.work, progress=not args.quiet, **kw))
     finally:
@@ -204,7 +204,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from adsrt.train import distributed
     from adsrt.train.extend import ExtendConfig, extend_bundle
 
-    kw = _given(args, ("preset", "refine_steps", "seed", "device", "threads", *_COMPUTE_FLAGS))
+    kw = _given(args, ("preset", "refine_steps", "loss", "seed", "device", "threads", *_COMPUTE_FLAGS))
     try:
         metrics = extend_bundle(ExtendConfig(bundle=args.bundle, degradation=args.degradation, data=args.data,
                                              work=args.work, out=args.out, progress=not args.quiet, **kw))
@@ -272,13 +272,22 @@ def add_eval_command(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train_calibrate(args: argparse.Namespace) -> int:
     from adsrt.train.calibrate import CalibrateConfig, run_calibrate
 
-    kw = _given(args, ("out", "images", "seed"))
+    kw = _given(args, ("out", "images", "seed", "clean_recall", "prior_frames"))
+    if args.no_clean_prior:
+        kw["clean_recall"] = None
     if args.candidates:
         kw["candidates"] = tuple(float(t) for t in _csv(args.candidates))
     best, table = run_calibrate(CalibrateConfig(bundle=args.bundle, data=args.data, progress=not args.quiet, **kw))
     print("T        " + "  ".join(f"{d:>9}" for d in next(iter(table.values()))))
     for t, row in table.items():
         print(f"{t:<8} " + "  ".join(f"{v:>9.2f}" for v in row.values()) + ("   <- chosen" if float(t) == best else ""))
+    if not args.no_clean_prior:
+        from adsrt.bundle import load_bundle
+
+        prior = load_bundle(args.out or args.bundle).metrics["clean_prior"]
+        print(f"clean prior {prior['bias']:+g}: clean frames called clean {100 * prior['after']['clean']:.1f}% "
+              f"(was {100 * prior['before']['clean']:.1f}%), degraded frames right {100 * prior['after']['degraded']:.1f}% "
+              f"(was {100 * prior['before']['degraded']:.1f}%) on {prior['frames']} held-out training frames")
     print(f"temperature {best:g} -> {args.out or args.bundle}")
     return 0
 
@@ -377,12 +386,17 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the report here")
     p.set_defaults(func=cmd_context)
 
-    p = sub.add_parser("calibrate", help="set the classifier's softmax temperature from training photos")
+    p = sub.add_parser("calibrate", help="set the classifier's clean prior and softmax temperature from training photos")
     p.add_argument("bundle", metavar="BUNDLE", help="bundle file (rewritten unless --out) or bundled model name")
     p.add_argument("--data", required=True, metavar="DIR", help="training photos (never the evaluation set)")
     p.add_argument("--out", metavar="BUNDLE", help="write the calibrated bundle here instead")
     p.add_argument("--images", type=int, help="photos to use (default 16)")
     p.add_argument("--candidates", help="comma-separated temperatures to try (default 1,0.5,0.25,0.1)")
+    p.add_argument("--clean-recall", type=float, metavar="R",
+                   help="share of held-out clean training frames the clean prior makes the classifier call clean "
+                        "(default 0.9)")
+    p.add_argument("--prior-frames", type=int, metavar="N", help="held-out training frames for the prior (default 600)")
+    p.add_argument("--no-clean-prior", action="store_true", help="set the temperature only, leave the prior as it is")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=cmd_train_calibrate)
 
@@ -410,6 +424,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=("units", "params"), help="selection budget (see `train select`)")
     _options(p, int, "--refine-steps", "--seed", "--threads")
     _options(p, str, "--device")
+    p.add_argument("--loss", choices=("l1", "psnr"), help="loss of the UM, targets and refinement (default: the preset's)")
     _add_compute_flags(p)
     p.set_defaults(func=cmd_all)
 
@@ -424,6 +439,7 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="stage sizes and budgets (default small; the backbone and classifier shape are the bundle's)")
     _options(p, int, "--refine-steps", "--seed", "--threads")
     _options(p, str, "--device")
+    p.add_argument("--loss", choices=("l1", "psnr"), help="loss of the new target and refinement (default: the preset's)")
     _add_compute_flags(p)
     p.set_defaults(func=cmd_add)
 

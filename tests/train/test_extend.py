@@ -211,7 +211,10 @@ def test_a_classifier_with_context_is_extended_with_a_new_context(photos, tmp_pa
     from adsrt.train.classifier import load_classifier
 
     _, windows, _ = load_classifier(work / "classifier" / "model.safetensors")
-    assert all(torch.equal(bundle.classifier_state[n], v) for n, v in windows.items())  # frozen under the context
+    # Frozen under the context; calibration then folds the clean prior into the head's bias for "clean".
+    assert all(torch.equal(bundle.classifier_state[n], v) for n, v in windows.items() if n != "head.bias")
+    shift = bundle.classifier_state["head.bias"] - windows["head.bias"]
+    assert torch.allclose(shift, torch.tensor([0.0, 0.0, 0.0, bundle.metrics["clean_prior"]["bias"]]), atol=1e-6)
     assert json.loads((work / "context" / "report.json").read_text())["classes"] == ["noise", "blur", "rain", "clean"]
 
 
