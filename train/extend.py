@@ -76,7 +76,6 @@ from adsrt.train.pipeline import (
     deltas_stage,
     load_stage_deltas,
     restorer_stage_kwargs,
-    run_loss,
     select_stage,
     stage_tag,
 )
@@ -293,7 +292,7 @@ def extend_bundle(cfg: ExtendConfig) -> dict[str, Any]:
                      device=cfg.device)
         timings.run("select", select_stage, p, spec, selector=plan.selector, q=source.q, granularity=source.granularity,
                     budget=plan.budget, **where)
-        timings.run("deltas", deltas_stage, p, spec, refine_steps=refine, loss=run_loss(p, cfg), **where)
+        timings.run("deltas", deltas_stage, p, spec, refine_steps=refine, **where)
         timings.run("classifier", _classifier_stage, cfg, plan, work)
         if plan.context_width:
             timings.run("context", context_stage, p, work, plan.context_width, data=cfg.data, seed=cfg.seed,

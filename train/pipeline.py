@@ -43,7 +43,7 @@ from adsrt.train.degradations import DegradationSpec
 from adsrt.train.deltas import DeltasConfig, build_deltas, load_deltas
 from adsrt.train.select import GRANULARITIES, SELECTORS, SelectConfig, check_q, load_selection, run_select
 from adsrt.train.status import RUN_FILE
-from adsrt.train.trainer import LOSSES, class_specs
+from adsrt.train.trainer import class_specs
 from adsrt.train.um import TargetConfig, UMConfig, train_target, train_um
 from adsrt.version import __version__
 
@@ -78,8 +78,6 @@ class Preset:
     dc_convs: int = 1  # 3x3 convolutions per classifier stage (ClassifierConfig.convs)
     um_clean_fraction: float = 0.0  # UM samples left clean, so it leaves a clean frame alone (TrainerConfig)
     um_warmup: int = 0  # linear warm-up steps of the UM's learning rate
-    # The restorer stages' loss (UM, targets, delta refinement): l1 or psnr (adsrt.train.trainer.restoration_loss).
-    loss: str = "l1"
     calib_images: int = 16  # training photos for the classifier's temperature (adsrt.train.calibrate)
     calib_prior_frames: int = 600  # whole held-out training frames for the classifier's clean prior (same)
     # The classifier's context trunk (adsrt.train.context): its width (0: none), pool frames and steps.
@@ -149,7 +147,6 @@ class RunOptions:
     """What a multi-stage run (``train all``, ``train add``) passes to every stage besides the preset."""
 
     refine_steps: int | None = None  # None = the preset's
-    loss: str | None = None  # the restorer stages' loss (l1 | psnr); None = the preset's
     seed: int = 0
     device: str | None = None
     # How the restorer stages use the machine (adsrt.train.compute); None: the stage configs' defaults.
@@ -184,17 +181,12 @@ def _tag(cfg: PipelineConfig) -> str:
     return stage_tag(cfg.selector, cfg.granularity, cfg.q, cfg.budget)
 
 
-def run_loss(p: Preset, cfg: Any) -> str:
-    """The restorer stages' loss of a run: the run's ``loss`` when given, else the preset's."""
-    return p.loss if getattr(cfg, "loss", None) is None else cfg.loss
-
-
 def restorer_stage_kwargs(p: Preset, cfg: Any) -> dict[str, Any]:
     """The keywords of the restorer stages (UMConfig, TargetConfig) from a preset and a run config with
     ``data``, ``seed``, ``device``, ``progress`` and the compute fields (PipelineConfig, ExtendConfig)."""
     common = dict(data=cfg.data, crop_size=p.crop_size, batch_size=p.batch_size, val_every=p.val_every,
                   val_samples=p.val_samples, ckpt_every=p.ckpt_every, samples_per_epoch=p.samples_per_epoch,
-                  workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress, loss=run_loss(p, cfg))
+                  workers=p.workers, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     compute = {"compile": p.compile, **{k: getattr(cfg, k) for k in ("threads", "amp", "cpu_bf16", "channels_last",
                                                                       "compile") if getattr(cfg, k) is not None}}
     return {**common, **compute}
@@ -214,7 +206,7 @@ def select_stage(p: Preset, spec: DegradationSpec, *, work: Path, tag: str, um_p
 
 
 def deltas_stage(p: Preset, spec: DegradationSpec, *, work: Path, tag: str, um_path: Path, data: str,
-                 refine_steps: int, seed: int, threads: int | None, device: str | None, loss: str = "l1") -> bool:
+                 refine_steps: int, seed: int, threads: int | None, device: str | None) -> bool:
     """Stage 4 of one degradation into WORK/deltas/TAG/<d>.safetensors; False (skipped) when that file exists."""
     deltas = work / "deltas" / tag / f"{spec.name}.safetensors"
     if deltas.is_file():
@@ -222,7 +214,7 @@ def deltas_stage(p: Preset, spec: DegradationSpec, *, work: Path, tag: str, um_p
     build_deltas(DeltasConfig(um=str(um_path), target=str(work / "targets" / spec.name / "model.safetensors"),
                               masks=str(work / "select" / tag / f"{spec.name}.safetensors"), out=str(deltas),
                               data=data, refine_steps=refine_steps, batch_size=p.batch_size, crop_size=p.crop_size,
-                              val_samples=p.val_samples, loss=loss, seed=seed, threads=threads, device=device))
+                              val_samples=p.val_samples, seed=seed, threads=threads, device=device))
     return True
 
 
@@ -263,8 +255,6 @@ def context_stage(p: Preset, work: Path, width: int, **kw: Any) -> bool:
 def train_all(cfg: PipelineConfig) -> dict[str, Any]:
     """Run the missing stages and write the bundle. Returns the bundle's metrics (rank 0)."""
     check_choice("preset", cfg.preset, PRESETS)
-    if cfg.loss is not None:
-        check_choice("loss", cfg.loss, LOSSES)
     check_choice("selector", cfg.selector, SELECTORS)
     check_choice("granularity", cfg.granularity, GRANULARITIES)
     check_q(cfg.q)
@@ -302,7 +292,7 @@ def train_all(cfg: PipelineConfig) -> dict[str, Any]:
             where = dict(work=work, tag=tag, um_path=um_path, data=cfg.data, seed=cfg.seed, threads=cfg.threads,
                          device=cfg.device)
             select_stage(p, s, selector=cfg.selector, q=cfg.q, granularity=cfg.granularity, budget=cfg.budget, **where)
-            deltas_stage(p, s, refine_steps=refine, loss=run_loss(p, cfg), **where)
+            deltas_stage(p, s, refine_steps=refine, **where)
         dc_path = work / "classifier" / "model.safetensors"
         if not dc_path.is_file():
             train_classifier(ClassifierTrainConfig(
@@ -353,7 +343,7 @@ def _write_bundle(cfg: PipelineConfig, specs: list, work: Path, tag: str, um_pat
         input=InputContract(pad_multiple=max(16, config.pad_multiple)),
         provenance={
             "adsrt": __version__, "torch": torch.__version__, "preset": cfg.preset,
-            "preset_values": dataclasses.asdict(PRESETS[cfg.preset]), "loss": run_loss(PRESETS[cfg.preset], cfg), "data": str(Path(cfg.data).resolve()),
+            "preset_values": dataclasses.asdict(PRESETS[cfg.preset]), "data": str(Path(cfg.data).resolve()),
             "degradations": [str(s) for s in specs], "selector": cfg.selector, "budget": cfg.budget, "seed": cfg.seed,
             "work": str(work.resolve()), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         },

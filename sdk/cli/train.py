@@ -188,8 +188,8 @@ def cmd_all(args: argparse.Namespace) -> int:
     from adsrt.train import distributed
     from adsrt.train.pipeline import PipelineConfig, train_all
 
-    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "loss", "seed",
-                       "device", "threads", *_COMPUTE_FLAGS))
+    kw = _given(args, ("degradations", "preset", "selector", "q", "granularity", "budget", "refine_steps", "seed", "device",
+                       "threads", *_COMPUTE_FLAGS))
     try:
         metrics = train_all(PipelineConfig(data=args.data, out=args.out, work=args.work, progress=not args.quiet, **kw))
     finally:
@@ -204,7 +204,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     from adsrt.train import distributed
     from adsrt.train.extend import ExtendConfig, extend_bundle
 
-    kw = _given(args, ("preset", "refine_steps", "loss", "seed", "device", "threads", *_COMPUTE_FLAGS))
+    kw = _given(args, ("preset", "refine_steps", "seed", "device", "threads", *_COMPUTE_FLAGS))
     try:
         metrics = extend_bundle(ExtendConfig(bundle=args.bundle, degradation=args.degradation, data=args.data,
                                              work=args.work, out=args.out, progress=not args.quiet, **kw))
@@ -424,7 +424,6 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", choices=("units", "params"), help="selection budget (see `train select`)")
     _options(p, int, "--refine-steps", "--seed", "--threads")
     _options(p, str, "--device")
-    p.add_argument("--loss", choices=("l1", "psnr"), help="loss of the UM, targets and refinement (default: the preset's)")
     _add_compute_flags(p)
     p.set_defaults(func=cmd_all)
 
@@ -439,7 +438,6 @@ def add_train_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="stage sizes and budgets (default small; the backbone and classifier shape are the bundle's)")
     _options(p, int, "--refine-steps", "--seed", "--threads")
     _options(p, str, "--device")
-    p.add_argument("--loss", choices=("l1", "psnr"), help="loss of the new target and refinement (default: the preset's)")
     _add_compute_flags(p)
     p.set_defaults(func=cmd_add)
 

@@ -116,6 +116,7 @@ def test_target_fine_tunes_the_um_on_one_degradation(photos, tmp_path):
         ({"data": "/nonexistent/adsrt"}, DataError, "does not exist"),
         ({"loss": "l2"}, AdsrtError, "loss"),
         ({"clean_fraction": 1.0}, AdsrtError, "clean_fraction"),
+        ({"loss": "psnr", "clean_fraction": 0.1}, AdsrtError, "psnr loss cannot train on clean samples"),
         ({"backbone": "resnet"}, AdsrtError, "unknown backbone"),
     ],
 )
