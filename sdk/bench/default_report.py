@@ -470,6 +470,13 @@ def markdown(data: dict[str, Any], meta: dict[str, Any]) -> str:
                   "| input | UM | ADS | classified clean |", "|---|---|---|---|",
                   f"| clean | {_fmt(r['psnr']['um'])} / {_fmt(r['ssim']['um'], 4)} | "
                   f"{_fmt(r['psnr'].get('ads'))} / {_fmt(r['ssim'].get('ads'), 4)} | {_pct(r['dc_accuracy'])} |"]
+        prior = meta.get("clean_prior")
+        if prior:
+            lines += ["", f"The classifier's clean prior (`adsrt train calibrate`): logit bias {prior['bias']:+g} for "
+                          f"clean, chosen so {_pct(prior['clean_recall_target'])} of clean frames are called clean on "
+                          f"{prior['frames']} whole frames of held-out training photos (there: clean "
+                          f"{_pct(prior['before']['clean'])} -> {_pct(prior['after']['clean'])}, degraded frames right "
+                          f"{_pct(prior['before']['degraded'])} -> {_pct(prior['after']['degraded'])})."]
 
     real = data.get("real")
     if real:
@@ -705,6 +712,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{bundle.backbone.middle_blocks} / dec {list(bundle.backbone.dec_blocks)}",
         "granularity": bundle.granularity, "q": bundle.q, "eval_arg": args.eval, "real_arg": args.real,
         "targets_arg": args.targets, "max_images": args.max_images, "torch": torch.__version__,
+        "clean_prior": bundle.metrics.get("clean_prior"),
         "adsrt": __version__, "date": today, "command": _command(),
     }
     write_csvs(out, data, digest[:12])

@@ -122,7 +122,10 @@ def test_peer_averages_are_the_means_of_their_tasks(bench):
 
 def test_end_to_end_writes_every_output_and_reuses_its_cache(bench, make_bundle, photos, real, tmp_path, caplog,
                                                              capsys):
-    bundle_path = save_bundle(make_bundle(degradations=("noise", "blur")), tmp_path / "tiny.safetensors")
+    bundle = make_bundle(degradations=("noise", "blur"))
+    bundle.metrics["clean_prior"] = {"bias": 1.5, "clean_recall_target": 0.9, "frames": 600,
+                                     "before": {"clean": 0.75, "degraded": 0.9}, "after": {"clean": 0.91, "degraded": 0.85}}
+    bundle_path = save_bundle(bundle, tmp_path / "tiny.safetensors")
     out = tmp_path / "out"
     argv = ["--bundle", str(bundle_path), "--eval", str(photos), "--real", str(real), "--out", str(out),
             "--device", "cpu", "--quiet"]
@@ -141,6 +144,7 @@ def test_end_to_end_writes_every_output_and_reuses_its_cache(bench, make_bundle,
                           methods=("um", "ads"), device="cpu", progress=False)["results"]["clean"]
     assert f"| clean | {harm['psnr']['um']:.2f} / {harm['ssim']['um']:.4f} | {harm['psnr']['ads']:.2f}" in report
     assert f"{round(100 * harm['dc_accuracy'])}%" in report.split("## Do no harm")[1].split("##")[0]
+    assert "logit bias +1.5 for clean" in report and "(there: clean 75% -> 91%, degraded frames right 90% -> 85%)" in report
     assert "ADS > UM (PSNR) on every degradation" in capsys.readouterr().out
     with caplog.at_level(logging.INFO, logger=LOGGER):
         bench.main(argv)
